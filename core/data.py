@@ -1,0 +1,372 @@
+"""Data sets decoded once into uint8 tensors, and the batches cut from them.
+
+Each split is ``N x 3 x H x W`` uint8 images plus int64 labels. Image folders are
+decoded once and cached on disk; the training split then lives on the training
+device and every batch is an index into it (no DataLoader, no PIL in the loop).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tarfile
+import urllib.error
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.errors import DataError
+
+DATASETS = ("cifar10", "imagefolder", "synthetic")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+SYNTHETIC_CLASSES = (
+    "disk", "square", "triangle", "ring", "plus", "cross", "hbar", "vbar", "diamond", "frame",
+)  # fmt: skip
+SYNTHETIC_SIZES = (5000, 1000)  # train, test
+CACHE_VERSION = 1
+
+Progress = Callable[[str, int, int], None]  # message, done, total
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What to load; the data-related part of RunConfig."""
+
+    dataset: str = "cifar10"
+    data_dir: str = "./data"
+    download: bool = True
+    image_size: int = 32
+    limit_train: int | None = None
+    limit_test: int | None = None
+    seed: int = 0
+    cache_dir: str | None = None
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8, N x 3 x H x W
+    labels: torch.Tensor  # int64, N
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    classes: tuple[str, ...]
+    skipped: int = 0  # unreadable files left out (image folders)
+
+
+def load_data(spec: DataSpec, progress: Progress | None = None) -> Dataset:
+    report = progress or (lambda message, done, total: None)
+    if spec.dataset == "cifar10":
+        data = _cifar10(Path(spec.data_dir), spec.download, report)
+    elif spec.dataset == "imagefolder":
+        data = _imagefolder(Path(spec.data_dir), spec.image_size, _cache_dir(spec.cache_dir), report)
+    elif spec.dataset == "synthetic":
+        data = Dataset(
+            "synthetic",
+            synthetic(SYNTHETIC_SIZES[0], spec.image_size, spec.seed),
+            synthetic(SYNTHETIC_SIZES[1], spec.image_size, spec.seed + 1),
+            SYNTHETIC_CLASSES,
+        )
+    else:
+        raise DataError(f"unknown data set {spec.dataset!r}: choose one of {', '.join(DATASETS)}")
+    if spec.image_size != data.train.images.shape[-1] and spec.dataset == "cifar10":
+        data.train.images = _resize(data.train.images, spec.image_size)
+        data.test.images = _resize(data.test.images, spec.image_size)
+    data.train = limit(data.train, spec.limit_train, len(data.classes), spec.seed)
+    data.test = limit(data.test, spec.limit_test, len(data.classes), spec.seed)
+    if len(data.train) == 0 or len(data.test) == 0:
+        raise DataError(f"the {spec.dataset} data set has no {'training' if not len(data.train) else 'test'} images")
+    return data
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    out = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def limit(split: Split, n: int | None, num_classes: int, seed: int) -> Split:
+    """A class-balanced subset of ``n`` images, the same for the same seed."""
+    if n is None or n >= len(split):
+        return split
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(split), generator=g)
+    labels = split.labels[order]
+    quota = [n // num_classes + (1 if c < n % num_classes else 0) for c in range(num_classes)]
+    picked = [order[labels == c][: quota[c]] for c in range(num_classes)]
+    chosen = torch.cat(picked)
+    if len(chosen) < n:  # some classes are short: fill from the rest, still seeded
+        rest = order[~torch.isin(order, chosen)]
+        chosen = torch.cat([chosen, rest[: n - len(chosen)]])
+    chosen, _ = chosen.sort()
+    return Split(split.images[chosen], split.labels[chosen])
+
+
+# --- CIFAR-10 ------------------------------------------------------------------
+
+CIFAR_DIR = "cifar-10-batches-py"
+CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+
+
+def _cifar10(root: Path, download: bool, report: Progress) -> Dataset:
+    folder = root / CIFAR_DIR
+    if not _cifar_present(folder):
+        archive = root / "cifar-10-python.tar.gz"
+        if archive.is_file():
+            report("extracting CIFAR-10", 0, 1)
+            _extract(archive, root)
+        elif download:
+            _download_cifar(root, report)
+        else:
+            raise DataError(
+                f"CIFAR-10 is not in {root} (expected {folder}/ or cifar-10-python.tar.gz): "
+                "drop --no-download to fetch it (170 MB), or use --dataset imagefolder"
+            )
+    report("reading CIFAR-10", 0, 2)
+    train = _cifar_batches(folder, CIFAR_TRAIN)
+    report("reading CIFAR-10", 1, 2)
+    test = _cifar_batches(folder, ("test_batch",))
+    report("reading CIFAR-10", 2, 2)
+    return Dataset("cifar10", train, test, CIFAR10_CLASSES)
+
+
+def _cifar_present(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in (*CIFAR_TRAIN, "test_batch"))
+
+
+def _extract(archive: Path, root: Path) -> None:
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(root, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"cannot extract {archive}: {exc}; delete it to download it again") from None
+
+
+def _download_cifar(root: Path, report: Progress) -> None:
+    from torchvision.datasets import CIFAR10
+
+    report("downloading CIFAR-10 (170 MB)", 0, 1)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        CIFAR10(str(root), train=True, download=True)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, RuntimeError) as exc:
+        reason = str(getattr(exc, "reason", None) or exc).strip().splitlines()[0]
+        raise DataError(
+            f"cannot download CIFAR-10 into {root} ({reason}): put cifar-10-python.tar.gz or the "
+            f"extracted {CIFAR_DIR}/ there, or use --dataset imagefolder or --dataset synthetic"
+        ) from None
+
+
+def _cifar_batches(folder: Path, names: tuple[str, ...]) -> Split:
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        try:
+            with path.open("rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            labels.append(torch.as_tensor(np.asarray(batch[b"labels"], dtype=np.int64)))
+        except Exception as exc:
+            raise DataError(f"{path} is not a readable CIFAR-10 batch ({type(exc).__name__}); delete it to fetch it again") from None
+        images.append(torch.from_numpy(data.copy()))
+    return Split(torch.cat(images), torch.cat(labels))
+
+
+# --- image folders -----------------------------------------------------------
+
+
+def _imagefolder(root: Path, size: int, cache_dir: Path, report: Progress) -> Dataset:
+    if not root.exists():
+        raise DataError(f"data directory {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"data directory {root} is a file, not a directory")
+    train_dir = root / "train"
+    test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
+    if not train_dir.is_dir() or test_dir is None:
+        raise DataError(f"{root} needs train/<class>/ and test/<class>/ (or val/<class>/) folders of images")
+    classes = tuple(sorted(d.name for d in _subdirs(train_dir)))
+    if not classes:
+        raise DataError(f"{train_dir} has no class folders (expected train/<class>/<image files>)")
+    extra = sorted({d.name for d in _subdirs(test_dir)} - set(classes))
+    if extra:
+        raise DataError(f"{test_dir} has class {extra[0]!r}, which {train_dir} lacks")
+    train, skipped_train = _cached_split(train_dir, classes, size, cache_dir, report)
+    test, skipped_test = _cached_split(test_dir, classes, size, cache_dir, report)
+    return Dataset("imagefolder", train, test, classes, skipped_train + skipped_test)
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return [d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    except PermissionError:
+        raise DataError(f"cannot read {path}: permission denied") from None
+
+
+def _list_files(split_dir: Path, classes: tuple[str, ...]) -> list[tuple[Path, int]]:
+    files = []
+    for label, name in enumerate(classes):
+        folder = split_dir / name
+        if not folder.is_dir():
+            continue
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if entry.is_file() and not entry.name.startswith("."):
+                files.append((Path(entry.path), label))
+    return files
+
+
+def _cache_dir(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cbam-tui"
+
+
+def _cached_split(
+    split_dir: Path, classes: tuple[str, ...], size: int, cache_dir: Path, report: Progress
+) -> tuple[Split, int]:
+    files = _list_files(split_dir, classes)
+    if not files:
+        raise DataError(f"{split_dir} has no image files in its class folders")
+    key = _cache_key(split_dir, classes, size, files)
+    name = hashlib.sha256(f"{split_dir.resolve()}|{size}".encode()).hexdigest()[:20]
+    cache = cache_dir / f"{split_dir.name}-{name}.pt"
+    hit = _read_cache(cache, key, len(classes))
+    if hit is not None:
+        report(f"loaded {split_dir.name} from cache", 1, 1)
+        return hit
+    split, skipped = _decode(files, size, f"decoding {split_dir.name} images", report)
+    if len(split) == 0:
+        raise DataError(f"{split_dir} has no readable images ({skipped} files skipped)")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
+        torch.save({"key": key, "images": split.images, "labels": split.labels, "skipped": skipped}, tmp)
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # no cache is slower, not wrong
+    return split, skipped
+
+
+def _cache_key(split_dir: Path, classes: tuple[str, ...], size: int, files: list[tuple[Path, int]]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([CACHE_VERSION, str(split_dir.resolve()), size, classes]).encode())
+    for path, label in files:
+        st = path.stat()
+        h.update(f"{path.name}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _read_cache(cache: Path, key: str, num_classes: int) -> tuple[Split, int] | None:
+    """The cached split if it is whole and for exactly these files; else None (rebuild)."""
+    try:
+        obj = torch.load(cache, map_location="cpu", weights_only=True)
+        images, labels = obj["images"], obj["labels"]
+        ok = (
+            obj["key"] == key
+            and images.dtype == torch.uint8
+            and images.dim() == 4
+            and labels.dtype == torch.int64
+            and len(images) == len(labels)
+            and (len(labels) == 0 or int(labels.max()) < num_classes)
+        )
+        return (Split(images, labels), int(obj["skipped"])) if ok else None
+    except Exception:
+        return None
+
+
+def _decode_one(path: Path, size: int) -> np.ndarray | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    except Exception:  # corrupt, truncated, zero-byte or not an image: counted, not fatal
+        return None
+
+
+def _decode(files: list[tuple[Path, int]], size: int, message: str, report: Progress) -> tuple[Split, int]:
+    images = np.empty((len(files), 3, size, size), dtype=np.uint8)
+    ok = np.zeros(len(files), dtype=bool)
+    step = max(1, len(files) // 50)
+    # PIL releases the GIL while decoding, so threads use every core.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        for i, arr in enumerate(pool.map(lambda f: _decode_one(f[0], size), files, chunksize=64)):
+            if arr is not None:
+                images[i] = arr
+                ok[i] = True
+            if i % step == 0 or i == len(files) - 1:
+                report(message, i + 1, len(files))
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    keep = torch.from_numpy(ok)
+    return Split(torch.from_numpy(images)[keep], labels[keep]), int((~ok).sum())
+
+
+# --- synthetic shapes ----------------------------------------------------------
+
+
+def synthetic(n: int, size: int, seed: int) -> Split:
+    """Coloured shapes on noisy backgrounds, the class is the shape; deterministic from seed."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % len(SYNTHETIC_CLASSES)
+    labels = labels[torch.randperm(n, generator=g)]
+    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    yy, xx = coords[:, None], coords[None, :]
+    cy, cx = (torch.rand(2, n, generator=g) * 0.4 + 0.3)[:, :, None, None]
+    radius = (torch.rand(n, generator=g) * 0.12 + 0.2)[:, None, None]
+    u, v = (xx - cx) / radius, (yy - cy) / radius
+    au, av, r = u.abs(), v.abs(), torch.sqrt(u * u + v * v)
+    box = torch.maximum(au, av)
+    shapes = torch.stack(
+        [
+            r <= 1,
+            box <= 0.8,
+            (v >= -0.9) & (v <= 0.8) & (au <= (v + 0.9) * 0.55),
+            (r >= 0.55) & (r <= 1),
+            ((au <= 0.28) & (av <= 1)) | ((av <= 0.28) & (au <= 1)),
+            (((u - v).abs() <= 0.4) | ((u + v).abs() <= 0.4)) & (box <= 0.9),
+            (av <= 0.3) & (au <= 1.1),
+            (au <= 0.3) & (av <= 1.1),
+            au + av <= 1.05,
+            (box >= 0.55) & (box <= 0.9),
+        ],
+        1,
+    )
+    mask = shapes[torch.arange(n), labels].unsqueeze(1).float()
+    background = torch.rand(n, 3, 1, 1, generator=g) * 0.5
+    noise = torch.randn(n, 3, size, size, generator=g) * 0.08
+    colour = torch.rand(n, 3, 1, 1, generator=g) * 0.5 + 0.5
+    img = (background + noise) * (1 - mask) + colour * mask
+    return Split((img.clamp(0, 1) * 255).round().to(torch.uint8), labels)
+
+
+# --- batches ---------------------------------------------------------------
+
+
+def epoch_generator(seed: int, epoch: int, batch: int | None, device: torch.device) -> torch.Generator:
+    """The generator for an epoch's order (batch None) or one batch's augmentation.
+
+    Derived from (seed, epoch, batch) alone, so a resumed run draws exactly the
+    batches the uninterrupted run would have.
+    """
+    mix = (seed * 1_000_003 + epoch) * 1_000_033 + (0 if batch is None else batch + 1)
+    return torch.Generator(device=device).manual_seed(mix % (2**63 - 1))
+
+
+def batch_indices(n: int, batch_size: int, seed: int, epoch: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """The epoch's shuffled batches of indices; the last, smaller batch is kept."""
+    perm = torch.randperm(n, generator=epoch_generator(seed, epoch, None, device), device=device)
+    yield from perm.split(batch_size)

@@ -1,0 +1,148 @@
+"""cbam-tui's command line: parse, build a RunConfig, hand off. Kept thin.
+
+Only typer is imported at start-up, so ``cbam-tui --help`` answers without
+loading torch; the commands import the engine when they run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from core import __version__
+from core.errors import CbamError, ConfigError
+from tui.options import OPTIONS, command, defaults
+
+app = typer.Typer(
+    name="cbam-tui",
+    help="Staged fine-tuning of ResNet18 + CBAM, live in the terminal.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cbam-tui {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Staged fine-tuning of ResNet18 + CBAM, live in the terminal."""
+
+
+def start(given: dict[str, Any], demo: bool) -> None:
+    """Resolve the options, then train under the dashboard or headless."""
+    values = defaults(demo) | {k: v for k, v in given.items() if v is not None}
+    if values["resume"] is not None:
+        fixed = [o for o in OPTIONS if o.defines_run and given.get(o.name) is not None]
+        if fixed:
+            flag = fixed[0].decls[0].split("/")[0]
+            raise ConfigError(f"{flag} cannot be changed when resuming: the run continues with its saved settings")
+    config = build_config(values)
+    headless = values["headless"] or not sys.stdout.isatty()
+    if headless:
+        from tui.headless import run_headless
+
+        code = run_headless(config)
+    else:
+        from tui.app import run_dashboard
+
+        code = run_dashboard(config)
+    raise typer.Exit(code)
+
+
+def build_config(values: dict[str, Any]) -> Any:
+    from core.checkpoint import find_checkpoint
+    from core.config import RunConfig, validate
+    from core.plan import PlanOptions, build_plan, default_plan
+
+    if values["resume"] is not None:
+        find_checkpoint(Path(values["resume"]))  # a missing run fails before any screen opens
+        plan = default_plan()  # replaced by the checkpoint's own plan
+    else:
+        plan = build_plan(
+            PlanOptions(
+                values["preset"], values["plan"], values["stage_epochs"], values["lrs"],
+                values["new_lr_mult"], values["frozen_bn"],
+            )  # fmt: skip
+        )
+    names = {f for f in RunConfig.__dataclass_fields__} - {"plan"}
+    config = RunConfig(plan=plan, **{k: v for k, v in values.items() if k in names})
+    if values["resume"] is None:
+        validate(config)
+    return config
+
+
+app.command("run", help="Fine-tune on a real data set (CIFAR-10 by default).")(command(start, demo=False))
+app.command(
+    "demo", help="An offline tour: synthetic shapes, random init, a tiny three-stage plan (about a minute on a CPU)."
+)(command(start, demo=True))
+
+
+@app.command("summary")
+def summary(
+    preset: Annotated[str, typer.Option(help="Stage plan: default or seed.")] = "default",
+    plan: Annotated[Path | None, typer.Option(help="A TOML plan file.")] = None,
+    new_lr_mult: Annotated[float | None, typer.Option(help="Rate multiple of the new modules.")] = None,
+    frozen_bn: Annotated[str | None, typer.Option(help="train or eval.")] = None,
+    num_classes: Annotated[int, typer.Option(help="Classes of the head.")] = 10,
+    image_size: Annotated[int, typer.Option(help="Input size for the output shapes.")] = 32,
+    depth: Annotated[int, typer.Option(help="Deepest tree level shown.")] = 3,
+) -> None:
+    """Print the model tree (CBAM blocks marked) and what each stage trains."""
+    from tui.summary_view import print_summary
+
+    if num_classes < 1 or image_size < 8 or depth < 1:
+        raise ConfigError("--num-classes and --depth must be at least 1 and --image-size at least 8")
+    print_summary(preset, plan, new_lr_mult, frozen_bn, num_classes, image_size, depth)
+
+
+def _click_errors(name: str) -> tuple[type[BaseException], ...]:
+    """click's exception class ``name``; typer vendors click from 0.20 on."""
+    found = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+USAGE_ERRORS = _click_errors("UsageError")
+ABORTS = (typer.Abort, *_click_errors("Abort"))
+
+
+def main() -> None:
+    """Console entry point: every failure a user can cause is one line and a non-zero exit."""
+    try:
+        code = app(standalone_mode=False)
+    except USAGE_ERRORS as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see cbam-tui {ctx.info_name} --help)" if ctx is not None and ctx.parent is not None else ""
+        print(f"cbam-tui: error: {exc.format_message()}{hint}", file=sys.stderr)  # type: ignore[attr-defined]
+        sys.exit(2)
+    except ABORTS:
+        sys.exit(130)
+    except CbamError as exc:
+        print(f"cbam-tui: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
