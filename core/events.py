@@ -16,6 +16,7 @@ _REGISTRY: dict[str, type[Event]] = {}
 @dataclass(frozen=True)
 class Event:
     kind: ClassVar[str] = ""
+    transient: ClassVar[bool] = False  # True: shown live, never written to events.jsonl
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -135,6 +136,19 @@ class BatchLogged(Event):
     avg_loss: float  # running mean over the epoch so far
     images_per_second: float
     global_step: int
+
+
+@dataclass(frozen=True)
+class Progress(Event):
+    """Where the loop is, at most twice a second; for live displays, not kept on disk."""
+
+    kind: ClassVar[str] = "progress"
+    transient: ClassVar[bool] = True
+    stage: int
+    epoch: int
+    batch: int  # batches done in this epoch
+    batches: int
+    images_per_second: float  # since the epoch (or the resume) started
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,8 @@ class RunDir:
 
     def write(self, event: Event) -> None:
         """Append one event; flushed at once so a watcher or a crash loses nothing."""
+        if event.transient:
+            return
         if self._events is None:
             self._events = self._open_events()
         self._events.write(event.to_json() + "\n")

@@ -26,7 +26,7 @@ from core.data import DataSpec, Dataset, batch_indices, epoch_generator, load_da
 from core.device import autocast, describe, resolve_device, resolve_precision
 from core.errors import CbamError, CheckpointError
 from core.events import (
-    BatchLogged, CheckpointSaved, EpochEnded, Event, IterLosses, Loading, ModuleState, Paused,
+    BatchLogged, CheckpointSaved, EpochEnded, Event, IterLosses, Loading, ModuleState, Paused, Progress,
     Resumed, RunFailed, RunFinished, RunStarted, RunStopped, SaveFailed, StageSkipped, StageStarted,
 )  # fmt: skip
 from core.model import MODULES, NEW_MODULES, ResNet18CBAM, build_model, module_parameters
@@ -37,6 +37,7 @@ from core.summary import summarize
 Emit = Callable[[Event], None]
 
 FINISHED, STOPPED = "finished", "stopped"
+PROGRESS_EVERY_S = 0.5
 _NEXT, _STOP, _DONE = "next", "stop", "done"
 
 
@@ -281,6 +282,7 @@ class Trainer:
         self._paused_s = 0.0
         self._epoch_seen0 = seen
         t_log, seen_log = self._epoch_t0, seen
+        t_progress = 0.0
         channels_last = dev.type == "cuda"
         for b in range(pos.batch, self.batches_per_epoch):
             self._live = (Position(si, epoch, b), loss_sum, correct, seen)
@@ -313,6 +315,11 @@ class Trainer:
             pending.append(d)
             self.global_step += 1
             done = b + 1
+            now = time.perf_counter()
+            if now - t_progress >= PROGRESS_EVERY_S:  # host-side counters only: no sync
+                t_progress = now
+                ips = (seen - self._epoch_seen0) / max(now - self._epoch_t0 - self._paused_s, 1e-9)
+                self._emit(Progress(si + 1, epoch, done, self.batches_per_epoch, ips))
             if done % cfg.log_every == 0 or done == self.batches_per_epoch:
                 losses = self._flush(pending, si)
                 if not all(torch.isfinite(torch.tensor(losses))):

@@ -12,12 +12,9 @@ from core.events import (
     RunFinished, RunStarted, RunStopped, SaveFailed, StageSkipped, StageStarted,
 )  # fmt: skip
 from core.train import FINISHED, Trainer
+from tui.state import lr_text
 
 RULE = "=" * 60
-
-
-def lr_text(lr: float) -> str:
-    return f"{lr:.0e}".replace("e-0", "e-")
 
 
 class Reporter:

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from core.config import RunConfig
+from core.events import Event
+from core.plan import PlanOptions, build_plan
+
+
+def tiny_config(tmp_path: Path, **overrides: Any) -> RunConfig:
+    """Synthetic 8x8 data, 6 batches of 8 per epoch, one epoch per stage: seconds on a CPU."""
+    plan_opts = overrides.pop("plan_opts", PlanOptions(stage_epochs="1,1,1", lrs="1e-2,1e-3,1e-3"))
+    base: dict[str, Any] = dict(
+        dataset="synthetic", weights="none", image_size=8, limit_train=48, limit_test=24,
+        batch_size=8, log_every=2, device="cpu", runs_root=str(tmp_path / "runs"), name="t",
+        plan=build_plan(plan_opts),
+    )  # fmt: skip
+    base.update(overrides)
+    return RunConfig(**base)
+
+
+class Recorder:
+    """An emit callback that keeps every event and can react to them."""
+
+    def __init__(self, react: Callable[[Event], None] | None = None) -> None:
+        self.events: list[Event] = []
+        self.react = react
+
+    def __call__(self, e: Event) -> None:
+        self.events.append(e)
+        if self.react is not None:
+            self.react(e)
+
+    def kinds(self, skip: tuple[str, ...] = ("loading", "progress", "iter_losses", "checkpoint_saved")) -> list[str]:
+        return [e.kind for e in self.events if e.kind not in skip]
+
+    def of(self, cls: type) -> list[Any]:
+        return [e for e in self.events if isinstance(e, cls)]
+
+
+@pytest.fixture
+def fake_cifar(tmp_path: Path) -> Path:
+    """A tiny cifar-10-batches-py in torchvision's pickle format."""
+    root = tmp_path / "cifar"
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in [*((f"data_batch_{i}", 20) for i in range(1, 6)), ("test_batch", 20)]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(n)]}
+        with (folder / name).open("wb") as f:
+            pickle.dump(batch, f)
+    return root

@@ -1,0 +1,173 @@
+"""Data sets: image folders (with a cache), CIFAR-10 batches, synthetic shapes, limits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.data import DataSpec, Split, batch_indices, limit, load_data, synthetic
+from core.errors import DataError
+
+
+def write_folder(root: Path, classes: dict[str, int], test_dir: str = "test", size: int = 12) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", test_dir):
+        for name, n in classes.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(folder / f"{i}.png")
+
+
+def spec(root: Path, cache: Path, **kw) -> DataSpec:
+    return DataSpec(dataset="imagefolder", data_dir=str(root), image_size=8, cache_dir=str(cache), **kw)
+
+
+def test_image_folder_labels_modes_sizes_and_bad_files(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    write_folder(root, {"zebra": 3, "apple": 2, "mango": 2}, test_dir="val")
+    Image.new("L", (20, 10), 128).save(root / "train" / "apple" / "gray.png")
+    Image.new("RGBA", (8, 8), (1, 2, 3, 4)).save(root / "train" / "apple" / "alpha.png")
+    Image.new("P", (5, 5)).save(root / "train" / "mango" / "palette.gif")
+    (root / "train" / "mango" / "empty.jpg").write_bytes(b"")
+    (root / "train" / "zebra" / "notes.txt").write_text("not an image")
+    (root / "train" / "zebra" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"0" * 20)
+    seen: list[tuple[str, int, int]] = []
+    data = load_data(spec(root, tmp_path / "cache"), lambda m, d, t: seen.append((m, d, t)))
+    assert data.classes == ("apple", "mango", "zebra")
+    assert data.skipped == 3
+    assert data.train.images.shape == (10, 3, 8, 8) and data.train.images.dtype == torch.uint8
+    assert data.train.labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert len(data.test) == 7
+    assert any(m.startswith("decoding") and d == t for m, d, t in seen)
+
+
+def test_image_folder_cache_is_reused_and_rebuilt_when_stale(tmp_path: Path) -> None:
+    root, cache = tmp_path / "imgs", tmp_path / "cache"
+    write_folder(root, {"a": 2, "b": 2})
+    first: list[str] = []
+    load_data(spec(root, cache), lambda m, d, t: first.append(m))
+    assert any(m.startswith("decoding") for m in first)
+    again: list[str] = []
+    hit = load_data(spec(root, cache), lambda m, d, t: again.append(m))
+    assert not any(m.startswith("decoding") for m in again) and any("from cache" in m for m in again)
+    # A changed file makes the cache stale: decoded again, with the new pixels.
+    Image.new("RGB", (12, 12), (255, 0, 0)).save(root / "train" / "a" / "0.png")
+    os.utime(root / "train" / "a" / "0.png", ns=(1, 1))
+    third: list[str] = []
+    data = load_data(spec(root, cache), lambda m, d, t: third.append(m))
+    assert any(m == "decoding train images" for m in third)
+    assert data.train.images[0, 0].float().mean() == 255 and not torch.equal(data.train.images, hit.train.images)
+    # A corrupt cache file is rebuilt, never trusted.
+    for f in cache.iterdir():
+        f.write_bytes(b"junk")
+    fourth: list[str] = []
+    rebuilt = load_data(spec(root, cache), lambda m, d, t: fourth.append(m))
+    assert any(m.startswith("decoding") for m in fourth) and torch.equal(rebuilt.train.images, data.train.images)
+
+
+@pytest.mark.parametrize(
+    ("setup", "match"),
+    [
+        (lambda r: None, "does not exist"),
+        (lambda r: r.write_text("x"), "is a file"),
+        (lambda r: (r / "train").mkdir(parents=True), "needs train/<class>/"),
+        (lambda r: [(r / "train").mkdir(parents=True), (r / "test").mkdir()], "no class folders"),
+        (lambda r: [(r / "train" / "a").mkdir(parents=True), (r / "test" / "a").mkdir(parents=True)], "no image files"),
+        (
+            lambda r: [(r / "train" / "a").mkdir(parents=True), (r / "test" / "b").mkdir(parents=True)],
+            "has class 'b'",
+        ),
+    ],
+)
+def test_bad_image_folders(tmp_path: Path, setup, match: str) -> None:
+    root = tmp_path / "d"
+    setup(root)
+    with pytest.raises(DataError, match=match) as info:
+        load_data(spec(root, tmp_path / "cache"))
+    assert "\n" not in str(info.value)
+
+
+def test_cifar10_from_its_python_batches(fake_cifar: Path) -> None:
+    data = load_data(DataSpec(dataset="cifar10", data_dir=str(fake_cifar), download=False))
+    assert data.train.images.shape == (100, 3, 32, 32) and len(data.test) == 20
+    assert data.classes[0] == "airplane" and data.train.labels[:3].tolist() == [0, 1, 2]
+
+
+def test_cifar10_absent_without_download_says_where(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not in .*drop --no-download") as info:
+        load_data(DataSpec(dataset="cifar10", data_dir=str(tmp_path), download=False))
+    assert str(tmp_path) in str(info.value)
+
+
+def test_cifar10_download_failure_is_one_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tv_utils, "download_url", offline)
+    with pytest.raises(DataError, match="cannot download CIFAR-10 .*no network") as info:
+        load_data(DataSpec(dataset="cifar10", data_dir=str(tmp_path / "d"), download=True))
+    assert "\n" not in str(info.value)
+
+
+def test_corrupt_cifar_batch(fake_cifar: Path) -> None:
+    (fake_cifar / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"oops")
+    with pytest.raises(DataError, match="data_batch_3 is not a readable"):
+        load_data(DataSpec(dataset="cifar10", data_dir=str(fake_cifar), download=False))
+
+
+def test_limits_are_class_balanced_and_seeded() -> None:
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate([50, 30, 20])])
+    split = Split(torch.arange(100).view(100, 1, 1, 1).to(torch.uint8).expand(100, 3, 2, 2), labels)
+    sub = limit(split, 30, 3, seed=1)
+    assert torch.bincount(sub.labels).tolist() == [10, 10, 10]
+    assert torch.equal(limit(split, 30, 3, seed=1).images, sub.images)
+    assert not torch.equal(limit(split, 30, 3, seed=2).images, sub.images)
+    short = limit(split, 75, 3, seed=0)  # class 2 has only 20: the rest is filled from the others
+    assert len(short) == 75 and torch.bincount(short.labels)[2] == 20
+    assert limit(split, 1000, 3, seed=0) is split
+
+
+def test_synthetic_is_deterministic_balanced_and_learnable() -> None:
+    a, b = synthetic(400, 16, seed=3), synthetic(400, 16, seed=3)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert torch.bincount(a.labels).tolist() == [40] * 10
+    assert not torch.equal(synthetic(400, 16, seed=4).images, a.images)
+    # A tiny CNN beats chance (10%) by far within a few hundred steps.
+    torch.manual_seed(0)
+    train, test = synthetic(2000, 16, seed=0), synthetic(500, 16, seed=1)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveMaxPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(32, 10),
+    )  # fmt: skip
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    x = train.images.float() / 255
+    for _ in range(6):
+        for idx in torch.randperm(2000).split(64):
+            loss = torch.nn.functional.cross_entropy(net(x[idx]), train.labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    acc = (net(test.images.float() / 255).argmax(1) == test.labels).float().mean().item()
+    assert acc > 0.5
+
+
+def test_batches_cover_the_epoch_once_and_depend_on_seed_and_epoch() -> None:
+    cpu = torch.device("cpu")
+    batches = list(batch_indices(50, 16, seed=0, epoch=1, device=cpu))
+    assert [len(b) for b in batches] == [16, 16, 16, 2]
+    assert sorted(torch.cat(batches).tolist()) == list(range(50))
+    again = torch.cat(list(batch_indices(50, 16, seed=0, epoch=1, device=cpu)))
+    assert torch.equal(again, torch.cat(batches))
+    assert not torch.equal(torch.cat(list(batch_indices(50, 16, seed=0, epoch=2, device=cpu))), again)

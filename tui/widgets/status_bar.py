@@ -1,0 +1,30 @@
+"""The top line: run name, data set, device, precision and the run's state."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from tui.state import RunState
+
+STATE_STYLES = {
+    "LOADING": "bold black on yellow",
+    "RUNNING": "bold black on green",
+    "PAUSED": "bold black on yellow",
+    "STOPPING": "bold black on yellow",
+    "FINISHED": "bold black on cyan",
+    "STOPPED": "bold white on blue",
+    "FAILED": "bold white on red",
+}
+
+
+class StatusBar(Static):
+    def update_from(self, state: RunState) -> None:
+        line = Text(f" {state.status} ", style=STATE_STYLES.get(state.status, "bold"))
+        s = state.started
+        if s is None:
+            line.append(" cbam-tui", style="bold")
+        else:
+            line.append(f" {s.run_name}", style="bold")
+            line.append(f" · {s.dataset} · {s.device} · {s.precision} · plan {s.plan_label}")
+        self.update(line)
