@@ -21,7 +21,7 @@ from textual.worker import Worker, WorkerState
 from core.config import RunConfig
 from core.control import SIGNAL_EXIT, Control, stop_on_signals
 from core.events import Event, Loading, Progress
-from tui.state import FAILED, PAUSED, RUNNING, STOPPING, RunState
+from tui.state import FAILED, FINISHED, PAUSED, RUNNING, STOPPED, STOPPING, RunState
 from tui.widgets.curves import EpochCurve, LossCurve
 from tui.widgets.dialogs import ConfirmScreen, ErrorScreen
 from tui.widgets.help_screen import HelpScreen
@@ -33,6 +33,7 @@ from tui.widgets.status_bar import StatusBar
 
 TrainerFactory = Callable[[RunConfig, Callable[[Event], None], Control], Any]
 VIEWS = ("dashboard", "tree", "full-log")
+ENDED = (FINISHED, STOPPED, FAILED)
 REDRAW_S = 0.25
 
 
@@ -207,10 +208,13 @@ class CbamApp(App[int]):
             self._note("saving a checkpoint at the next batch boundary")
 
     def action_quit_run(self) -> None:
-        if not self.training:
-            self.exit(self.exit_code)
-            return
         if self._quitting:
+            return
+        if not self.training or self.state.status in ENDED:
+            # Over already: leave now, or as soon as the worker has wound up.
+            self._quitting = True
+            if not self.training:
+                self.exit(self.exit_code)
             return
 
         def answer(yes: bool | None) -> None:
@@ -264,6 +268,8 @@ def run_dashboard(config: RunConfig) -> int:
             + (f" | best {best:.2f}%" if best is not None else "")
             + f" | run directory: {state.started.run_dir}"
         )
+        if state.status == STOPPED:
+            print(f"cbam-tui: continue with: cbam-tui run --resume {state.started.run_dir}")
     if state.message and app.exit_code:
         print(f"cbam-tui: error: {state.message}")
     return app.exit_code

@@ -65,4 +65,6 @@ class EpochCurve(PlotextPlot):
             test = [e.test_acc if self.metric == "acc" else e.test_loss for e in state.epochs]
             plt.plot(x, train, label="train", marker="braille")
             plt.plot(x, test, label="test", marker="braille")
+            if len(x) <= 10:
+                plt.xticks(x)  # whole epochs, not 1.25
         self.refresh()

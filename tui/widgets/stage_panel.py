@@ -17,16 +17,13 @@ class StagePanel(Vertical):
         yield ProgressBar(total=1, show_eta=False, id="batch-progress")
         yield Static(id="stage-speed")
         yield Static(id="stage-left")
-        yield Static(id="stage-message")
 
     def update_from(self, state: RunState) -> None:
         title = self.query_one("#stage-title", Static)
         epoch = self.query_one("#stage-epoch", Static)
         speed = self.query_one("#stage-speed", Static)
         left_text = self.query_one("#stage-left", Static)
-        message = self.query_one("#stage-message", Static)
         bar = self.query_one("#batch-progress", ProgressBar)
-        message.update(Text(state.message or "", style="bold yellow"))
         if state.status == LOADING or state.started is None:
             title.update(Text(f"Loading: {state.loading}", style="bold"))
             done = f"{state.loading_done}/{state.loading_total}" if state.loading_total else ""

@@ -27,4 +27,6 @@ class StatusBar(Static):
         else:
             line.append(f" {s.run_name}", style="bold")
             line.append(f" · {s.dataset} · {s.device} · {s.precision} · plan {s.plan_label}")
+        if state.message:  # why it paused itself, stopped or failed
+            line.append(f"  {state.message}", style="bold yellow")
         self.update(line)

@@ -1,0 +1,163 @@
+"""The command line: one-line errors, no traceback, start-up hygiene, the README's options."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tui.cli import main
+from tui.options import OPTIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    old = sys.argv
+    sys.argv = ["cbam-tui", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+TINY = ("--image-size", "8", "--limit-train", "16", "--limit-test", "8", "--batch-size", "8", "--stage-epochs", "1,0,0")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--dataset", "mnist"), "unknown data set 'mnist'"),
+        (("--dataset", ""), "unknown data set ''"),
+        (("--batch-size", "0"), "--batch-size must be at least 1"),
+        (("--batch-size", "-3"), "--batch-size must be at least 1"),
+        (("--batch-size", "abc"), "Invalid value for '--batch-size'"),
+        (("--limit-train", "0"), "--limit-train must be at least 1"),
+        (("--limit-test", "-1"), "--limit-test must be at least 1"),
+        (("--log-every", "0"), "--log-every must be at least 1"),
+        (("--image-size", "4"), "--image-size must be at least 8"),
+        (("--image-size", "100000"), "--image-size must be at most 512"),
+        (("--device", "tpu"), "unknown --device 'tpu'"),
+        (("--device", "cuda:x"), "unknown --device"),
+        (("--precision", "fp8"), "unknown --precision 'fp8'"),
+        (("--augment", "wild"), "unknown --augment 'wild'"),
+        (("--name", "a/b"), "--name must be"),
+        (("--name", ""), "--name must be"),
+        (("--data-dir", " "), "--data-dir must not be empty"),
+        (("--weights", "/no/such/file.pth"), "weights file /no/such/file.pth does not exist"),
+        (("--stage-epochs", "1,2"), "2 values but the plan has 3"),
+        (("--stage-epochs", "0,0,0"), "nothing to train"),
+        (("--stage-epochs", "1,-1,1"), "-1 epochs"),
+        (("--lrs", "a,b,c"), "--lrs takes numbers"),
+        (("--lrs", "1e-3,0,1e-5"), "positive"),
+        (("--new-lr-mult", "-1"), "positive"),
+        (("--new-lr-mult", "x"), "Invalid value for '--new-lr-mult'"),
+        (("--preset", "nope"), "unknown preset 'nope'"),
+        (("--frozen-bn", "maybe"), "--frozen-bn must be one of train, eval"),
+        (("--plan", "/no/plan.toml"), "plan file /no/plan.toml does not exist"),
+        (("--bogus",), "No such option: --bogus"),
+    ],
+)
+def test_bad_input_is_one_line_and_a_nonzero_exit(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    code, out, err = cli(capsys, "run", "--weights", "none", "--runs-root", str(tmp_path), *args)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("cbam-tui: error: ") and message in lines[0]
+    assert "Traceback" not in out + err
+
+
+def test_missing_data_and_no_network_are_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, _, err = cli(capsys, "run", "--weights", "none", "--runs-root", str(tmp_path), "--no-download", "--data-dir", str(tmp_path / "c"))
+    assert code == 1 and "CIFAR-10 is not in" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(capsys, "run", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "none"), "--weights", "none", "--runs-root", str(tmp_path))
+    assert code == 1 and "does not exist" in err and len(err.strip().splitlines()) == 1
+
+    import urllib.error
+
+    import torch.hub
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    code, _, err = cli(capsys, "demo", "--weights", "imagenet", "--runs-root", str(tmp_path), *TINY)
+    assert code == 1 and "cannot download the ImageNet weights" in err and "--weights none" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_on_a_machine_without_it(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = cli(capsys, "demo", "--device", "cuda", "--runs-root", str(tmp_path), *TINY)
+    assert code == 1 and "no CUDA device is available" in err
+
+
+def test_resume_refuses_options_that_define_the_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = cli(capsys, "run", "--resume", str(tmp_path), "--batch-size", "8")
+    assert code == 1 and "--batch-size cannot be changed when resuming" in err
+    code, _, err = cli(capsys, "run", "--resume", "/no/run")
+    assert code == 1 and err.strip() == "cbam-tui: error: nothing to resume at /no/run: no such run directory or checkpoint"
+    code, _, err = cli(capsys, "run", "--resume", str(tmp_path))
+    assert code == 1 and "has no checkpoint to resume from" in err
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "--version")
+    assert code == 0 and re.fullmatch(r"cbam-tui \d+\.\d+\.\d+\n", out)
+    code, out, _ = cli(capsys, "-h")
+    assert code == 0 and "demo" in out and "summary" in out
+    code, out, _ = cli(capsys, "run", "--help")
+    flat = " ".join(out.split())  # help text wraps with the terminal's width
+    assert code == 0 and "--stage-epochs" in flat and "[default: 5,15,30]" in flat
+    code, out, _ = cli(capsys, "demo", "--help")
+    assert code == 0 and "[default: synthetic]" in " ".join(out.split())
+
+
+def test_summary_prints_the_tree_and_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "summary", "--preset", "seed")
+    assert code == 0
+    assert "◆ CBAM (cbam_layer1)" in out and "[1, 64, 32, 32]" in out
+    assert "11,217,874" in out and "frozen" in out and "lr 1e-03" in out
+
+
+def _subprocess(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+
+
+def test_help_does_not_import_torch() -> None:
+    out = _subprocess(
+        "import sys\nsys.argv = ['cbam-tui', 'run', '--help']\nfrom tui.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\nprint('TORCH', 'torch' in sys.modules)"
+    )
+    assert "TORCH False" in out
+
+
+def test_core_imports_no_ui_code() -> None:
+    out = _subprocess(
+        "import sys, pkgutil, importlib, core\n"
+        "for m in pkgutil.iter_modules(core.__path__):\n    importlib.import_module('core.' + m.name)\n"
+        "ui = sorted({n.split('.')[0] for n in sys.modules} & {'textual', 'textual_plotext', 'rich', 'tui', 'plotext'})\n"
+        "print('UI', ui)"
+    )
+    assert "UI []" in out
+
+
+def test_the_readme_documents_every_option() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for o in OPTIONS:
+        for flag in o.decls[0].split("/"):
+            assert f"`{flag}" in readme, f"{flag} is missing from the README's option table"
