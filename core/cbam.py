@@ -28,7 +28,8 @@ class ChannelAttention(nn.Module):
         b, c = x.shape[:2]
         avg_out = self.fc(self.avg_pool(x).view(b, c))
         max_out = self.fc(self.max_pool(x).view(b, c))
-        return x * self.sigmoid(avg_out + max_out).view(b, c, 1, 1)
+        out: torch.Tensor = x * self.sigmoid(avg_out + max_out).view(b, c, 1, 1)
+        return out
 
 
 class SpatialAttention(nn.Module):
@@ -42,7 +43,8 @@ class SpatialAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         avg_out = torch.mean(x, dim=1, keepdim=True)
         max_out, _ = torch.max(x, dim=1, keepdim=True)
-        return x * self.sigmoid(self.conv(torch.cat([avg_out, max_out], dim=1)))
+        out: torch.Tensor = x * self.sigmoid(self.conv(torch.cat([avg_out, max_out], dim=1)))
+        return out
 
 
 class CBAM(nn.Module):
@@ -54,4 +56,5 @@ class CBAM(nn.Module):
         self.spatial_attn = SpatialAttention(kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.spatial_attn(self.channel_attn(x))
+        out: torch.Tensor = self.spatial_attn(self.channel_attn(x))
+        return out

@@ -27,7 +27,7 @@ DATASETS = ("cifar10", "imagefolder", "synthetic")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SYNTHETIC_CLASSES = (
     "disk", "square", "triangle", "ring", "plus", "cross", "hbar", "vbar", "diamond", "frame",
-)  # fmt: skip
+)
 SYNTHETIC_SIZES = (5000, 1000)  # train, test
 CACHE_VERSION = 1
 
@@ -178,7 +178,9 @@ def _cifar_batches(folder: Path, names: tuple[str, ...]) -> Split:
             data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             labels.append(torch.as_tensor(np.asarray(batch[b"labels"], dtype=np.int64)))
         except Exception as exc:
-            raise DataError(f"{path} is not a readable CIFAR-10 batch ({type(exc).__name__}); delete it to fetch it again") from None
+            raise DataError(
+                f"{path} is not a readable CIFAR-10 batch ({type(exc).__name__}); delete it to fetch it again"
+            ) from None
         images.append(torch.from_numpy(data.copy()))
     return Split(torch.cat(images), torch.cat(labels))
 
@@ -289,11 +291,11 @@ def _decode_one(path: Path, size: int) -> np.ndarray | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+        with Image.open(path) as opened:
+            rgb = opened.convert("RGB")
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
     except Exception:  # corrupt, truncated, zero-byte or not an image: counted, not fatal
         return None
 
@@ -369,4 +371,4 @@ def epoch_generator(seed: int, epoch: int, batch: int | None, device: torch.devi
 def batch_indices(n: int, batch_size: int, seed: int, epoch: int, device: torch.device) -> Iterator[torch.Tensor]:
     """The epoch's shuffled batches of indices; the last, smaller batch is kept."""
     perm = torch.randperm(n, generator=epoch_generator(seed, epoch, None, device), device=device)
-    yield from perm.split(batch_size)
+    yield from torch.split(perm, batch_size)

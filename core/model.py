@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18
+from torchvision.models import ResNet, ResNet18_Weights, resnet18
 
 from core.cbam import CBAM
 from core.errors import WeightsError
@@ -49,10 +49,10 @@ class ResNet18CBAM(nn.Module):
         num_classes: int = 10,
         cbam_ratio: int = 16,
         cbam_kernel: int = 7,
-        backbone: nn.Module | None = None,
+        backbone: ResNet | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = backbone if backbone is not None else resnet18(weights=None)
+        self.backbone: ResNet = backbone if backbone is not None else resnet18(weights=None)
         # 32x32 input: a 7x7/2 stem plus max-pool would leave 8x8 maps after the stem.
         self.backbone.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         self.backbone.maxpool = nn.Identity()
@@ -73,7 +73,8 @@ class ResNet18CBAM(nn.Module):
         x = self.cbam_layer2(b.layer2(x))
         x = self.cbam_layer3(b.layer3(x))
         x = self.cbam_layer4(b.layer4(x))
-        return b.fc(torch.flatten(b.avgpool(x), 1))
+        logits: torch.Tensor = b.fc(torch.flatten(b.avgpool(x), 1))
+        return logits
 
     def train(self, mode: bool = True) -> ResNet18CBAM:
         # Re-applied on every mode change, so no caller can forget the policy.
@@ -105,11 +106,12 @@ def build_model(
     return _from_file(Path(weights), num_classes, cbam_ratio, cbam_kernel)
 
 
-def _imagenet_resnet18() -> nn.Module:
+def _imagenet_resnet18() -> ResNet:
     weights = ResNet18_Weights.DEFAULT
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
     try:
-        return resnet18(weights=weights)
+        model: ResNet = resnet18(weights=weights)
+        return model
     except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
         raise WeightsError(
             f"cannot download the ImageNet weights ({_reason(exc)}): put {cached.name} in "

@@ -133,7 +133,7 @@ def build_plan(opts: PlanOptions) -> Plan:
     if opts.stage_epochs is not None:
         epochs = parse_epochs(opts.stage_epochs, len(plan.stages))
         plan = Plan(
-            tuple(Stage(s.name, e, s.groups) for s, e in zip(plan.stages, epochs)),
+            tuple(Stage(s.name, e, s.groups) for s, e in zip(plan.stages, epochs, strict=True)),
             plan.frozen_bn,
             plan.label,
         )

@@ -29,7 +29,7 @@ from core.events import EpochEnded, Event
 METRICS_COLUMNS = (
     "stage", "epoch", "epoch_in_stage", "batches_done", "train_loss", "train_acc",
     "test_loss", "test_acc", "seconds", "images_per_second",
-)  # fmt: skip
+)
 
 
 class RunDir:
@@ -128,13 +128,13 @@ class RunDir:
         path = self.events_path
         needs_newline = False
         if path.exists() and path.stat().st_size:
-            with path.open("rb") as f:
-                f.seek(-1, os.SEEK_END)
-                needs_newline = f.read(1) != b"\n"  # a line cut short by a crash
-        f = path.open("a", encoding="utf-8")
+            with path.open("rb") as tail:
+                tail.seek(-1, os.SEEK_END)
+                needs_newline = tail.read(1) != b"\n"  # a line cut short by a crash
+        out = path.open("a", encoding="utf-8")
         if needs_newline:
-            f.write("\n")
-        return f
+            out.write("\n")
+        return out
 
     def _append_metrics(self, e: EpochEnded) -> None:
         path = self.path / "metrics.csv"
@@ -146,7 +146,7 @@ class RunDir:
         writer.writerow([
             e.stage, e.epoch, e.epoch_in_stage, e.batches_done, f"{e.train_loss:.6f}", f"{e.train_acc:.4f}",
             f"{e.test_loss:.6f}", f"{e.test_acc:.4f}", f"{e.seconds:.3f}", f"{e.images_per_second:.1f}",
-        ])  # fmt: skip
+        ])
         with path.open("a", encoding="utf-8", newline="") as f:
             f.write(buf.getvalue())
 

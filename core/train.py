@@ -22,13 +22,28 @@ from core.augment import Augmenter
 from core.checkpoint import Position
 from core.config import RunConfig, validate
 from core.control import Control
-from core.data import DataSpec, Dataset, batch_indices, epoch_generator, load_data
+from core.data import Dataset, DataSpec, batch_indices, epoch_generator, load_data
 from core.device import autocast, describe, resolve_device, resolve_precision
 from core.errors import CbamError, CheckpointError
 from core.events import (
-    BatchLogged, CheckpointSaved, EpochEnded, Event, IterLosses, Loading, ModuleState, Paused, Progress,
-    Resumed, RunFailed, RunFinished, RunStarted, RunStopped, SaveFailed, StageSkipped, StageStarted,
-)  # fmt: skip
+    BatchLogged,
+    CheckpointSaved,
+    EpochEnded,
+    Event,
+    IterLosses,
+    Loading,
+    ModuleState,
+    Paused,
+    Progress,
+    Resumed,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    RunStopped,
+    SaveFailed,
+    StageSkipped,
+    StageStarted,
+)
 from core.model import MODULES, NEW_MODULES, ResNet18CBAM, build_model, module_parameters
 from core.plan import Stage, assign_groups
 from core.run_dir import RunDir
@@ -112,7 +127,7 @@ class Trainer:
             cfg = base.replace(
                 device=cfg.device, precision=cfg.precision, compile=cfg.compile, log_every=cfg.log_every,
                 on_nonfinite=cfg.on_nonfinite, resume=str(path), cache_dir=cfg.cache_dir or base.cache_dir,
-            )  # fmt: skip
+            )
             home = ckpt_mod.run_dir_of(path)
             self.run_dir = RunDir.open(home) if home else RunDir.create(Path(cfg.runs_root), cfg.name)
         else:
@@ -130,7 +145,7 @@ class Trainer:
         spec = DataSpec(
             cfg.dataset, cfg.data_dir, cfg.download, cfg.image_size,
             cfg.limit_train, cfg.limit_test, cfg.seed, cfg.cache_dir,
-        )  # fmt: skip
+        )
         self.data: Dataset = load_data(spec, lambda m, d, t: self._emit(Loading(m, d, t)))
         num_classes = len(self.data.classes)
 
@@ -167,7 +182,7 @@ class Trainer:
                 resumed_from=cfg.resume, start_stage=self.position.stage + 1,
                 start_epoch=self.position.epoch, start_batch=self.position.batch,
                 global_step=self.global_step,
-            )  # fmt: skip
+            )
         )
 
     def _place(self, t: torch.Tensor) -> torch.Tensor:
@@ -251,7 +266,7 @@ class Trainer:
                 trainable_params=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
                 total_params=sum(p.numel() for p in self.model.parameters()),
                 global_step=self.global_step,
-            )  # fmt: skip
+            )
         )
 
     def _module_state(self, name: str, lr_of: dict[int, Any]) -> ModuleState:
@@ -267,7 +282,7 @@ class Trainer:
         return ModuleState(
             name, path, trainable, group.lr if group else None, group.name if group else None,
             sum(p.numel() for p in params), bn_mode, name in NEW_MODULES,
-        )  # fmt: skip
+        )
 
     def _train_epoch(self, pos: Position) -> str:
         cfg, dev = self.config, self.device
@@ -284,6 +299,8 @@ class Trainer:
         t_log, seen_log = self._epoch_t0, seen
         t_progress = 0.0
         channels_last = dev.type == "cuda"
+        opt = self.optimizer
+        assert opt is not None, "a stage builds the optimizer before its epochs"
         for b in range(pos.batch, self.batches_per_epoch):
             self._live = (Position(si, epoch, b), loss_sum, correct, seen)
             signal = self._boundary(self._live[0])
@@ -304,9 +321,9 @@ class Trainer:
             with self.autocast():
                 out = self.step_model(x)
                 loss = F.cross_entropy(out, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
+            opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            self.scaler.step(opt)
             self.scaler.update()
             d = loss.detach().float()
             loss_sum += d * len(y)
@@ -333,7 +350,7 @@ class Trainer:
                         BatchLogged(
                             si + 1, epoch, cfg.plan.total_epochs, done, self.batches_per_epoch, losses[-1],
                             loss_sum.item() / seen, ips, self.global_step,
-                        )  # fmt: skip
+                        )
                     )
         self._sums = self._host_sums(loss_sum, correct, seen)
         self._epoch_batches = self.batches_per_epoch
@@ -397,7 +414,7 @@ class Trainer:
 
     def _end_epoch(self, si: int, epoch: int, cut: bool) -> bool:
         """Evaluate, report, checkpoint. False when a stop arrived during evaluation."""
-        cfg, plan = self.config, self.config.plan
+        plan = self.config.plan
         first, last = plan.epoch_range(si)
         trained_pos = Position(si, epoch, self._epoch_batches, trained=True)
         result = self._evaluate()
@@ -417,13 +434,10 @@ class Trainer:
                 si + 1, epoch, plan.total_epochs, epoch - first + 1, last - first + 1, self._epoch_batches,
                 s["loss_sum"] / max(s["seen"], 1), 100.0 * s["correct"] / max(s["seen"], 1), test_loss, test_acc,
                 seconds, seen_now / max(seconds, 1e-9), self.best_acc, self.global_step,
-            )  # fmt: skip
+            )
         )
         self._sums = {"loss_sum": 0.0, "correct": 0, "seen": 0}
-        if cut or epoch == last:
-            nxt = Position(si + 1, last + 1)
-        else:
-            nxt = Position(si, epoch + 1)
+        nxt = Position(si + 1, last + 1) if cut or epoch == last else Position(si, epoch + 1)
         self._save(nxt, self._sums, "epoch")
         if improved:
             self._save(nxt, self._sums, "best", name="best.pt")
@@ -486,10 +500,11 @@ class Trainer:
     def _stop(
         self, pos: Position, loss_sum: torch.Tensor | None, correct: torch.Tensor | None, seen: int,
         reason: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         sums = self._sums if loss_sum is None or correct is None else self._host_sums(loss_sum, correct, seen)
         path = self._save(pos, sums, "stop")
-        self._emit(RunStopped(reason or self.control.stop_reason or "stopped", pos.stage + 1, pos.epoch, pos.batch, path))
+        why = reason or self.control.stop_reason or "stopped"
+        self._emit(RunStopped(why, pos.stage + 1, pos.epoch, pos.batch, path))
 
     def _save_on_failure(self) -> str | None:
         if self._live is None:

@@ -20,7 +20,7 @@ def tiny_config(tmp_path: Path, **overrides: Any) -> RunConfig:
         dataset="synthetic", weights="none", image_size=8, limit_train=48, limit_test=24,
         batch_size=8, log_every=2, device="cpu", runs_root=str(tmp_path / "runs"), name="t",
         plan=build_plan(plan_opts),
-    )  # fmt: skip
+    )
     base.update(overrides)
     return RunConfig(**base)
 

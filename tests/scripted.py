@@ -8,8 +8,15 @@ from collections.abc import Callable, Iterator
 
 from core.control import Control
 from core.events import (
-    BatchLogged, EpochEnded, Event, IterLosses, ModuleState, RunStarted, RunStopped, StageStarted,
-)  # fmt: skip
+    BatchLogged,
+    EpochEnded,
+    Event,
+    IterLosses,
+    ModuleState,
+    RunStarted,
+    RunStopped,
+    StageStarted,
+)
 from core.model import MODULES, NEW_MODULES, ResNet18CBAM
 from core.summary import summarize
 
@@ -26,7 +33,7 @@ def model_rows() -> tuple[tuple[object, ...], ...]:
 STAGES = (("warm up new modules", 5), ("unfreeze layer3, layer4", 15), ("fine-tune everything", 30))
 TRAINABLE = (set(NEW_MODULES), {*NEW_MODULES, "layer3", "layer4"}, set(MODULES))
 PARAMS = {"conv1": 1728, "bn1": 128, "layer1": 147968, "cbam1": 610, "layer2": 525568, "cbam2": 2146,
-          "layer3": 2099712, "cbam3": 8290, "layer4": 8393728, "cbam4": 32866, "fc": 5130}  # fmt: skip
+          "layer3": 2099712, "cbam3": 8290, "layer4": 8393728, "cbam4": 32866, "fc": 5130}
 
 
 def events(epochs: int = 3, batches: int = 782, log_every: int = 100) -> Iterator[Event]:
@@ -37,7 +44,7 @@ def events(epochs: int = 3, batches: int = 782, log_every: int = 100) -> Iterato
         classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
         batch_size=64, batches_per_epoch=batches, total_epochs=50, stages=STAGES, plan_label="default",
         frozen_bn="train", total_params=11217874, model_rows=model_rows(), config={},
-    )  # fmt: skip
+    )
     step = 0
     first = 1
     for si, (name, n) in enumerate(STAGES):
@@ -55,7 +62,7 @@ def events(epochs: int = 3, batches: int = 782, log_every: int = 100) -> Iterato
             ),
             groups=(("new", lr),), trainable_params=sum(PARAMS[m] for m in TRAINABLE[si]), total_params=11217874,
             global_step=step,
-        )  # fmt: skip
+        )
         for epoch in stage_epochs:
             if epoch > epochs:
                 return
@@ -67,7 +74,7 @@ def events(epochs: int = 3, batches: int = 782, log_every: int = 100) -> Iterato
                 yield BatchLogged(si + 1, epoch, 50, done, batches, chunk[-1], sum(chunk) / len(chunk), 1234.0, step)
             acc = 100 - 70 * math.exp(-epoch / 8)
             yield EpochEnded(si + 1, epoch, 50, epoch - stage_epochs[0] + 1, n, batches, 2.3 * math.exp(-epoch / 6),
-                             acc - 3, 2.2 * math.exp(-epoch / 7), acc, 42.0, 1190.0, acc, step)  # fmt: skip
+                             acc - 3, 2.2 * math.exp(-epoch / 7), acc, 42.0, 1190.0, acc, step)
 
 
 class ScriptedTrainer:

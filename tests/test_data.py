@@ -150,7 +150,7 @@ def test_synthetic_is_deterministic_balanced_and_learnable() -> None:
         torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
         torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveMaxPool2d(1),
         torch.nn.Flatten(), torch.nn.Linear(32, 10),
-    )  # fmt: skip
+    )
     opt = torch.optim.Adam(net.parameters(), 3e-3)
     x = train.images.float() / 255
     for _ in range(6):

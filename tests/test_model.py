@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from core.errors import WeightsError
-from core.model import NEW_MODULES, MODULES, ResNet18CBAM, build_model
+from core.model import MODULES, NEW_MODULES, ResNet18CBAM, build_model
 
 
 # --- the seed note's classes, as written there (comments dropped) -------------
@@ -27,7 +27,7 @@ class SeedChannelAttention(nn.Module):
         self.sigmoid = nn.Sigmoid()
 
     def forward(self, x):
-        b, c, h, w = x.shape
+        b, c, _h, _w = x.shape
         avg_out = self.fc(self.avg_pool(x).view(b, c))
         max_out = self.fc(self.max_pool(x).view(b, c))
         attention = self.sigmoid(avg_out + max_out).view(b, c, 1, 1)

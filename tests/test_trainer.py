@@ -13,9 +13,18 @@ import torch
 from core.control import Control
 from core.errors import CbamError, CheckpointError, RunDirError
 from core.events import (
-    BatchLogged, CheckpointSaved, EpochEnded, IterLosses, Paused, Resumed, RunFinished, RunStopped,
-    StageSkipped, StageStarted, from_dict,
-)  # fmt: skip
+    BatchLogged,
+    CheckpointSaved,
+    EpochEnded,
+    IterLosses,
+    Paused,
+    Resumed,
+    RunFinished,
+    RunStopped,
+    StageSkipped,
+    StageStarted,
+    from_dict,
+)
 from core.plan import PlanOptions
 from core.run_dir import RunDir
 from core.train import FINISHED, STOPPED, Trainer

@@ -118,8 +118,12 @@ class CbamApp(App[int]):
     # --- the worker -----------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False, group="training")
     def train(self) -> str:
-        trainer = self.trainer_factory(self.config, lambda e: self.post_message(TrainingEvent(e)), self.control)
+        trainer = self.trainer_factory(self.config, self.post_event, self.control)
         return str(trainer.run())
+
+    def post_event(self, event: Event) -> None:
+        """The trainer's emit: thread-safe, never blocks the training loop."""
+        self.post_message(TrainingEvent(event))
 
     def on_training_event(self, message: TrainingEvent) -> None:
         lines = self.state.apply(message.event)

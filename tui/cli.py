@@ -77,7 +77,7 @@ def build_config(values: dict[str, Any]) -> Any:
             PlanOptions(
                 values["preset"], values["plan"], values["stage_epochs"], values["lrs"],
                 values["new_lr_mult"], values["frozen_bn"],
-            )  # fmt: skip
+            )
         )
     names = {f for f in RunConfig.__dataclass_fields__} - {"plan"}
     config = RunConfig(plan=plan, **{k: v for k, v in values.items() if k in names})
@@ -122,7 +122,7 @@ def _click_errors(name: str) -> tuple[type[BaseException], ...]:
 
 
 USAGE_ERRORS = _click_errors("UsageError")
-ABORTS = (typer.Abort, *_click_errors("Abort"))
+ABORTS: tuple[type[BaseException], ...] = (typer.Abort, *_click_errors("Abort"))
 
 
 def main() -> None:

@@ -8,9 +8,21 @@ from typing import TextIO
 from core.config import RunConfig
 from core.control import SIGNAL_EXIT, Control, stop_on_signals
 from core.events import (
-    BatchLogged, CheckpointSaved, EpochEnded, Event, Loading, Paused, Resumed, RunFailed,
-    RunFinished, RunStarted, RunStopped, SaveFailed, StageSkipped, StageStarted,
-)  # fmt: skip
+    BatchLogged,
+    CheckpointSaved,
+    EpochEnded,
+    Event,
+    Loading,
+    Paused,
+    Resumed,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    RunStopped,
+    SaveFailed,
+    StageSkipped,
+    StageStarted,
+)
 from core.train import FINISHED, Trainer
 from tui.state import lr_text
 
@@ -49,7 +61,8 @@ class Reporter:
                     RULE,
                     f" Stage {e.stage}/{e.num_stages}: {e.name} (epochs {e.first_epoch}-{e.last_epoch})",
                     f" trainable: {', '.join(trainable)} ({e.trainable_params:,} of {e.total_params:,} params)",
-                    f" frozen: {', '.join(frozen) or 'nothing'}" + (f" (BatchNorm in {'/'.join(bn)} mode)" if bn else ""),
+                    f" frozen: {', '.join(frozen) or 'nothing'}"
+                    + (f" (BatchNorm in {'/'.join(bn)} mode)" if bn else ""),
                     f" learning rates: {groups}",
                     RULE,
                 ]

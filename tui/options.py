@@ -53,7 +53,7 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("runs_root", ("--runs-root",), str, "Where new run directories go.", "runs", panel=RUN, defines_run=False),
     Opt("run_dir", ("--run-dir",), str, "Use exactly this run directory.", None, panel=RUN),
     Opt("resume", ("--resume",), str, "Continue a run: its directory or a checkpoint.", None, panel=RUN, defines_run=False),
-)  # fmt: skip
+)
 
 
 def defaults(demo: bool) -> dict[str, Any]:

@@ -10,13 +10,28 @@ from array import array
 from dataclasses import dataclass, field
 
 from core.events import (
-    BatchLogged, CheckpointSaved, EpochEnded, Event, IterLosses, Loading, ModuleState, Paused, Progress,
-    Resumed, RunFailed, RunFinished, RunStarted, RunStopped, SaveFailed, StageSkipped, StageStarted,
-)  # fmt: skip
+    BatchLogged,
+    CheckpointSaved,
+    EpochEnded,
+    Event,
+    IterLosses,
+    Loading,
+    ModuleState,
+    Paused,
+    Progress,
+    Resumed,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    RunStopped,
+    SaveFailed,
+    StageSkipped,
+    StageStarted,
+)
 
 LOADING, RUNNING, PAUSED, STOPPING, FINISHED, STOPPED, FAILED = (
     "LOADING", "RUNNING", "PAUSED", "STOPPING", "FINISHED", "STOPPED", "FAILED",
-)  # fmt: skip
+)
 
 
 @dataclass
@@ -58,7 +73,9 @@ class RunState:
         if isinstance(e, StageStarted):
             before = {m.name: m for m in self.stage.modules} if self.stage else {}
             self.changed = frozenset(
-                m.name for m in e.modules if m.name in before and (before[m.name].trainable, before[m.name].lr) != (m.trainable, m.lr)
+                m.name
+                for m in e.modules
+                if m.name in before and (before[m.name].trainable, before[m.name].lr) != (m.trainable, m.lr)
             )
             self.stage = e
             self.stage_steps.append((e.global_step, e.stage))
@@ -69,7 +86,8 @@ class RunState:
                 f"    trainable: {trainable}",
             ]
         if isinstance(e, Progress):
-            self.epoch, self.batch, self.batches, self.images_per_second = e.epoch, e.batch, e.batches, e.images_per_second
+            self.epoch, self.batch, self.batches = e.epoch, e.batch, e.batches
+            self.images_per_second = e.images_per_second
             return []
         if isinstance(e, IterLosses):
             if not self.iter_losses:

@@ -26,7 +26,7 @@ class Terminal:
             ["tmux", "new-session", "-d", "-s", name, "-x", str(w), "-y", str(h), "-c", str(cwd),
              f"TERM=xterm-256color {command}; echo EXIT=$? > exit-code; sleep 600"],
             check=True,
-        )  # fmt: skip
+        )
 
     def screen(self) -> str:
         return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True).stdout

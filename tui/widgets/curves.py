@@ -66,5 +66,5 @@ class EpochCurve(PlotextPlot):
             plt.plot(x, train, label="train", marker="braille")
             plt.plot(x, test, label="test", marker="braille")
             if len(x) <= 10:
-                plt.xticks(x)  # whole epochs, not 1.25
+                plt.xticks([float(v) for v in x])  # whole epochs, not 1.25
         self.refresh()

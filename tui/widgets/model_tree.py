@@ -38,9 +38,7 @@ class ModelTree(Tree[Row]):
         for row in rows[1:]:
             parent = by_path[row.path.rsplit(".", 1)[0] if "." in row.path else ""]
             has_children = any(r.path.startswith(row.path + ".") for r in rows)
-            node = parent.add(self._row_text(row, {}), data=row, expand=row.depth < 2 or row.is_cbam and row.depth < 2, allow_expand=has_children)
-            if not has_children:
-                node.allow_expand = False
+            node = parent.add(self._row_text(row, {}), data=row, expand=row.depth < 2, allow_expand=has_children)
             by_path[row.path] = node
             self._row_nodes.append((node, row))
         self.root.expand()
@@ -52,5 +50,6 @@ class ModelTree(Tree[Row]):
         label.append(f"  {row.params:,}" if row.params else "  --")
         owner = next((p for p in trainable if row.path == p or row.path.startswith(p + ".")), None)
         if owner is not None and row.params:
-            label.append("  trainable" if trainable[owner] else "  frozen", style="green" if trainable[owner] else "dim")
+            on = trainable[owner]
+            label.append("  trainable" if on else "  frozen", style="green" if on else "dim")
         return label

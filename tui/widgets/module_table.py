@@ -39,7 +39,8 @@ class ModuleTable(DataTable[Text]):
                 status = Text("frozen", style="dim " + style)
             else:
                 status = Text("train" if m.trainable == "yes" else "part", style="green " + style)
-            name = Text(mark + m.name + (" *" if m.new else ""), style=("magenta " if m.name.startswith("cbam") else "") + style)
+            colour = "magenta " if m.name.startswith("cbam") else ""
+            name = Text(mark + m.name + (" *" if m.new else ""), style=colour + style)
             self.add_row(
                 name,
                 status,
