@@ -13,7 +13,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-AUGMENTS = ("seed", "flip-crop", "none")
+from core.config import AUGMENTS
+
 # The seed's Normalize (CIFAR-10 channel statistics).
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import CheckpointError, WeightsError
-from core.model import load_state_file
 
 FORMAT = "cbam-tui"
 ARCH = "resnet18-cbam"
@@ -40,6 +39,8 @@ def find_checkpoint(path: Path) -> Path:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    from core.model import load_state_file
+
     try:
         ckpt = load_state_file(path)
     except WeightsError as exc:

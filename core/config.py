@@ -11,6 +11,8 @@ from typing import Any
 from core.errors import ConfigError
 from core.plan import Plan, default_plan
 
+DATASETS = ("cifar10", "imagefolder", "synthetic")
+AUGMENTS = ("seed", "flip-crop", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ON_NONFINITE = ("pause", "stop")
 
@@ -61,9 +63,6 @@ class RunConfig:
 
 def validate(config: RunConfig) -> None:
     """Raise ConfigError (one sentence) for values that cannot work."""
-    from core.augment import AUGMENTS
-    from core.data import DATASETS
-
     if config.dataset not in DATASETS:
         raise ConfigError(f"unknown data set {config.dataset!r}: choose one of {', '.join(DATASETS)}")
     if config.augment not in AUGMENTS:

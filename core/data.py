@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.config import DATASETS
 from core.errors import DataError
 
-DATASETS = ("cifar10", "imagefolder", "synthetic")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SYNTHETIC_CLASSES = (
     "disk", "square", "triangle", "ring", "plus", "cross", "hbar", "vbar", "diamond", "frame",

@@ -11,12 +11,13 @@ import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from core.errors import PlanError
-from core.model import MODULES, NEW_MODULES
+from core.layout import MODULES, NEW_MODULES
+
+if TYPE_CHECKING:  # torch loads only when a plan is applied to a model
+    from torch import nn
 
 PRESETS = ("default", "seed")
 BN_POLICIES = ("train", "eval")

@@ -44,7 +44,8 @@ from core.events import (
     StageSkipped,
     StageStarted,
 )
-from core.model import MODULES, NEW_MODULES, ResNet18CBAM, build_model, module_parameters
+from core.layout import MODULES, NEW_MODULES
+from core.model import ResNet18CBAM, build_model, module_parameters
 from core.plan import Stage, assign_groups
 from core.run_dir import RunDir
 from core.summary import summarize

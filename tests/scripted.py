@@ -17,7 +17,8 @@ from core.events import (
     RunStopped,
     StageStarted,
 )
-from core.model import MODULES, NEW_MODULES, ResNet18CBAM
+from core.layout import MODULES, NEW_MODULES
+from core.model import ResNet18CBAM
 from core.summary import summarize
 
 _ROWS: tuple[tuple[object, ...], ...] | None = None

@@ -10,7 +10,8 @@ import torchvision
 from torch import nn
 
 from core.errors import WeightsError
-from core.model import MODULES, NEW_MODULES, ResNet18CBAM, build_model
+from core.layout import MODULES, NEW_MODULES
+from core.model import ResNet18CBAM, build_model
 
 
 # --- the seed note's classes, as written there (comments dropped) -------------

@@ -8,7 +8,8 @@ import pytest
 from torch import nn
 
 from core.errors import PlanError
-from core.model import MODULES, ResNet18CBAM, module_parameters
+from core.layout import MODULES
+from core.model import ResNet18CBAM, module_parameters
 from core.plan import PlanOptions, assign_groups, build_plan
 
 

@@ -33,7 +33,8 @@ def print_summary(
     image_size: int,
     depth: int,
 ) -> None:
-    from core.model import MODULES, ResNet18CBAM, module_parameters
+    from core.layout import MODULES
+    from core.model import ResNet18CBAM, module_parameters
     from core.plan import PlanOptions, assign_groups, build_plan
     from core.summary import summarize
 
