@@ -174,8 +174,8 @@ class EpochEnded(Event):
     train_acc: float  # percent
     test_loss: float
     test_acc: float  # percent
-    seconds: float
-    images_per_second: float
+    seconds: float  # wall time of the epoch, evaluation included, pauses not
+    images_per_second: float  # training images per second of training time
     best_acc: float
     global_step: int
 

@@ -72,6 +72,7 @@ class Trainer:
         self._t_start = time.perf_counter()
         # Per-epoch bookkeeping; paused time is left out of the speed figures.
         self._epoch_t0 = self._t_start
+        self._train_s = 0.0  # training time of the epoch, without evaluation or pauses
         self._epoch_seen0 = 0
         self._epoch_batches = 0
         self._paused_s = 0.0
@@ -237,7 +238,9 @@ class Trainer:
                     result = self._train_epoch(here)
                     if result == _STOP:
                         return STOPPED
-                else:
+                else:  # resumed with only the evaluation of this epoch left
+                    self._epoch_t0, self._paused_s, self._train_s = time.perf_counter(), 0.0, 0.0
+                    self._epoch_batches, self._epoch_seen0 = here.batch, int(self._sums["seen"])
                     result = _NEXT if here.batch < self.batches_per_epoch else _DONE
                 if not self._end_epoch(si, epoch, result == _NEXT):
                     return STOPPED
@@ -312,6 +315,7 @@ class Trainer:
                     return _STOP
                 self._sums = self._host_sums(loss_sum, correct, seen)
                 self._epoch_batches = b
+                self._train_s = time.perf_counter() - self._epoch_t0 - self._paused_s
                 return _NEXT
             idx = batches[b]
             x = self.train_x[idx.to(self.train_x.device)].to(dev, non_blocking=True)
@@ -355,6 +359,7 @@ class Trainer:
                     )
         self._sums = self._host_sums(loss_sum, correct, seen)
         self._epoch_batches = self.batches_per_epoch
+        self._train_s = time.perf_counter() - self._epoch_t0 - self._paused_s
         return _DONE
 
     def _flush(self, pending: list[torch.Tensor], si: int) -> list[float]:
@@ -434,7 +439,7 @@ class Trainer:
             EpochEnded(
                 si + 1, epoch, plan.total_epochs, epoch - first + 1, last - first + 1, self._epoch_batches,
                 s["loss_sum"] / max(s["seen"], 1), 100.0 * s["correct"] / max(s["seen"], 1), test_loss, test_acc,
-                seconds, seen_now / max(seconds, 1e-9), self.best_acc, self.global_step,
+                seconds, seen_now / self._train_s if self._train_s > 0 else 0.0, self.best_acc, self.global_step,
             )
         )
         self._sums = {"loss_sum": 0.0, "correct": 0, "seen": 0}

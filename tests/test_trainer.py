@@ -132,7 +132,9 @@ def final_weights(home: Path) -> dict[str, torch.Tensor]:
     return torch.load(home / "checkpoints" / "last.pt", weights_only=True)["model"]
 
 
-@pytest.mark.parametrize("stop_at", [(2, 3, 3), (1, 1, 0), (2, 2, 6)])
+# (stage, run epoch, batch): mid-epoch in a later stage, at a stage's start, at the end of
+# an epoch (the stop lands during its evaluation), and during the last evaluation of a stage.
+@pytest.mark.parametrize("stop_at", [(2, 3, 3), (1, 1, 0), (2, 2, 6), (1, 1, 6)])
 def test_stop_then_resume_gives_the_same_final_weights(tmp_path: Path, stop_at: tuple[int, int, int]) -> None:
     plan = PlanOptions(stage_epochs="1,2,1", lrs="1e-2,1e-3,1e-3")
     outcome, full = run(tiny_config(tmp_path / "a", plan_opts=plan))
@@ -151,6 +153,8 @@ def test_stop_then_resume_gives_the_same_final_weights(tmp_path: Path, stop_at: 
     assert outcome == STOPPED
     stopped = first.of(RunStopped)[0]
     assert stopped.checkpoint is not None and (stopped.stage, stopped.epoch) == (stage, epoch)
+    position = torch.load(stopped.checkpoint, weights_only=True)["position"]
+    assert position["trained"] == (batch == 6)  # a stop during evaluation leaves only the evaluation
     home = run_dir_of(first)
     outcome, second = run(tiny_config(tmp_path / "b", resume=str(home)))
     assert outcome == FINISHED
