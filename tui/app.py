@@ -7,6 +7,8 @@ redraws on a timer, a few times a second, never once per event.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +37,7 @@ TrainerFactory = Callable[[RunConfig, Callable[[Event], None], Control], Any]
 VIEWS = ("dashboard", "tree", "full-log")
 ENDED = (FINISHED, STOPPED, FAILED)
 REDRAW_S = 0.25
+CURVES_S = 1.0
 
 
 class TrainingEvent(Message):
@@ -84,7 +87,8 @@ class CbamApp(App[int]):
         self.exit_code = 0
         self._quitting = False
         self._drawn = -1
-        self._curve_data = (-1, -1, "")
+        self._curve_data: tuple[int, int, str] = (-1, -1, "")
+        self._curves_at = 0.0
 
     # --- layout ---------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -137,6 +141,10 @@ class CbamApp(App[int]):
         if event.state == WorkerState.SUCCESS:
             reason = self.control.stop_reason
             self.exit_code = SIGNAL_EXIT.get(reason or "", 0)
+            if reason == "SIGHUP":
+                # The terminal is gone: restoring it would block on a dead tty. The
+                # checkpoint is saved and the events are flushed, so leave at once.
+                os._exit(self.exit_code)
             if self._quitting or reason in SIGNAL_EXIT:
                 self.exit(self.exit_code)
             self.redraw()
@@ -172,8 +180,11 @@ class CbamApp(App[int]):
             self.query_one(StagePanel).update_from(state)
             self.query_one(ModuleTable).update_from(state)
             data = (len(state.iter_losses), len(state.epochs), str(self.size))
-            if data != self._curve_data:  # plots cost the most: only when their data moved
-                self._curve_data = data
+            now = time.monotonic()
+            # Plots cost the most: redrawn only when their data moved, and at most
+            # once a second while the losses stream in (new epochs show at once).
+            if data != self._curve_data and (data[1:] != self._curve_data[1:] or now - self._curves_at >= CURVES_S):
+                self._curve_data, self._curves_at = data, now
                 self.query_one(LossCurve).update_from(state)
                 for curve in self.query(EpochCurve):
                     curve.update_from(state)
@@ -238,7 +249,6 @@ class CbamApp(App[int]):
     def action_view(self, name: str) -> None:
         self.query_one(ContentSwitcher).current = name
         self._drawn = -1
-        self._curve_data = (-1, -1, "")
         self.redraw()
 
     def action_help(self) -> None:

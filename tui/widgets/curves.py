@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from rich.console import RenderableType
 from textual_plotext import PlotextPlot
 
 from tui.state import RunState
@@ -29,7 +30,30 @@ def downsample(values: Sequence[float], first_x: int, buckets: int = MAX_POINTS)
     return (np.add.reduceat(x, edges) / counts).tolist(), (np.add.reduceat(y, edges) / counts).tolist()
 
 
-class LossCurve(PlotextPlot):
+class CachedPlot(PlotextPlot):
+    """A plot that rebuilds its picture only when its data or size changed.
+
+    PlotextPlot builds the whole figure on every render, and a screen switch or a
+    resize renders every widget: that is the cost a key press would pay.
+    """
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._data_version = 0
+        self._picture: tuple[object, RenderableType] | None = None
+
+    def replot(self) -> None:
+        self._data_version += 1
+        self.refresh()
+
+    def render(self) -> RenderableType:
+        key = (self._data_version, self.size, self.app.theme)
+        if self._picture is None or self._picture[0] != key:
+            self._picture = (key, super().render())
+        return self._picture[1]
+
+
+class LossCurve(CachedPlot):
     """Loss of every iteration, with the stage switches marked."""
 
     def update_from(self, state: RunState) -> None:
@@ -44,10 +68,10 @@ class LossCurve(PlotextPlot):
             for step, stage in state.stage_steps[1:]:
                 plt.vertical_line(step + 0.5)
                 plt.text(f"S{stage}", step + 0.5, max(y) if y else 0)
-        self.refresh()
+        self.replot()
 
 
-class EpochCurve(PlotextPlot):
+class EpochCurve(CachedPlot):
     """Train and test accuracy (or loss) per epoch."""
 
     def __init__(self, metric: str, **kwargs: object) -> None:
@@ -67,4 +91,4 @@ class EpochCurve(PlotextPlot):
             plt.plot(x, test, label="test", marker="braille")
             if len(x) <= 10:
                 plt.xticks([float(v) for v in x])  # whole epochs, not 1.25
-        self.refresh()
+        self.replot()
