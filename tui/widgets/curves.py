@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from rich.console import RenderableType
+from textual.app import RenderResult
 from textual_plotext import PlotextPlot
 
 from tui.state import RunState
@@ -40,13 +40,13 @@ class CachedPlot(PlotextPlot):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._data_version = 0
-        self._picture: tuple[object, RenderableType] | None = None
+        self._picture: tuple[object, RenderResult] | None = None
 
     def replot(self) -> None:
         self._data_version += 1
         self.refresh()
 
-    def render(self) -> RenderableType:
+    def render(self) -> RenderResult:
         key = (self._data_version, self.size, self.app.theme)
         if self._picture is None or self._picture[0] != key:
             self._picture = (key, super().render())
@@ -75,7 +75,7 @@ class EpochCurve(CachedPlot):
     """Train and test accuracy (or loss) per epoch."""
 
     def __init__(self, metric: str, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self.metric = metric  # "acc" or "loss"
 
     def update_from(self, state: RunState) -> None:
