@@ -188,8 +188,9 @@ class CbamApp(App[int]):
                 self.query_one(LossCurve).update_from(state)
                 for curve in self.query(EpochCurve):
                     curve.update_from(state)
-        elif view == "tree":
-            self.query_one(ModelTree).update_from(state)
+        tree = self.query_one(ModelTree)
+        if view == "tree" or not tree.populated:
+            tree.update_from(state)  # built while hidden, so the first look at it is instant
 
     def on_resize(self) -> None:
         self._drawn = -1

@@ -14,14 +14,14 @@ from tui.summary_view import row_label, shape_text
 class ModelTree(Tree[Row]):
     def __init__(self, **kwargs: object) -> None:
         super().__init__("model (loading)", **kwargs)  # type: ignore[arg-type]
-        self._populated = False
+        self.populated = False
         self._shown_stage: int | None = None
         self._row_nodes: list[tuple[TreeNode[Row], Row]] = []
 
     def update_from(self, state: RunState) -> None:
         if state.started is None:
             return
-        if not self._populated:
+        if not self.populated:
             self._populate([Row.from_tuple(t) for t in state.started.model_rows])
         if state.stage is not None and self._shown_stage != id(state.stage):
             self._shown_stage = id(state.stage)
@@ -30,7 +30,7 @@ class ModelTree(Tree[Row]):
                 node.set_label(self._row_text(row, trainable))
 
     def _populate(self, rows: list[Row]) -> None:
-        self._populated = True
+        self.populated = True
         root_row = rows[0]
         self.root.data = root_row
         self.root.set_label(self._row_text(root_row, {}))
