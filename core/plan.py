@@ -178,32 +178,25 @@ def seed_plan(lrs: tuple[float, ...] = SEED_LRS) -> Plan:
 
 
 def parse_epochs(text: str, count: int) -> tuple[int, ...]:
-    values = _split(text, "--stage-epochs")
-    try:
-        epochs = tuple(int(v) for v in values)
-    except ValueError:
-        raise PlanError(f"--stage-epochs takes whole numbers separated by commas, not {text!r}") from None
-    if len(epochs) != count:
-        raise PlanError(f"--stage-epochs gives {len(epochs)} values but the plan has {count} stages")
-    return epochs
+    return tuple(_parse_list(text, count, "--stage-epochs", int, "whole numbers separated by commas"))
 
 
 def parse_lrs(text: str, count: int) -> tuple[float, ...]:
-    values = _split(text, "--lrs")
-    try:
-        lrs = tuple(float(v) for v in values)
-    except ValueError:
-        raise PlanError(f"--lrs takes numbers separated by commas, like 1e-3,1e-4,1e-5, not {text!r}") from None
-    if len(lrs) != count:
-        raise PlanError(f"--lrs gives {len(lrs)} values but the plan has {count} stages")
-    return lrs
+    return tuple(_parse_list(text, count, "--lrs", float, "numbers separated by commas, like 1e-3,1e-4,1e-5"))
 
 
-def _split(text: str, flag: str) -> list[str]:
+def _parse_list(text: str, count: int, flag: str, convert: type, what: str) -> list[Any]:
+    """One value per stage, comma-separated; PlanError says what is wrong with it."""
     values = [v.strip() for v in text.split(",")]
     if not text.strip() or any(not v for v in values):
         raise PlanError(f"{flag} needs one value per stage separated by commas, not {text!r}")
-    return values
+    try:
+        parsed = [convert(v) for v in values]
+    except ValueError:
+        raise PlanError(f"{flag} takes {what}, not {text!r}") from None
+    if len(parsed) != count:
+        raise PlanError(f"{flag} gives {len(parsed)} values but the plan has {count} stages")
+    return parsed
 
 
 def validate(plan: Plan) -> None:

@@ -34,16 +34,22 @@ def test_demo_headless_finishes_three_stages_with_a_complete_run_directory(tmp_p
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 4
 
 
-def test_ctrl_c_saves_and_resume_continues_where_it_stopped(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
+def start_until(run_dir: Path, limit_train: str, line_start: str) -> subprocess.Popen[str]:
+    """A headless demo, returned once it has printed a line starting with ``line_start``."""
     proc = subprocess.Popen(
-        [CBAM_TUI, "demo", "--headless", "--run-dir", str(run_dir), "--limit-train", "480", *TINY],
+        [CBAM_TUI, "demo", "--headless", "--run-dir", str(run_dir), "--limit-train", limit_train, *TINY],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert proc.stdout is not None
     for line in proc.stdout:
-        if line.startswith("Epoch: 1/3 | Batch: 10/"):
-            break
+        if line.startswith(line_start):
+            return proc
+    raise AssertionError(f"the run ended before printing {line_start!r}")
+
+
+def test_ctrl_c_saves_and_resume_continues_where_it_stopped(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = start_until(run_dir, "480", "Epoch: 1/3 | Batch: 10/")
     proc.send_signal(signal.SIGINT)  # Ctrl-C once: finish the batch, save, exit 130
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -65,14 +71,7 @@ def test_ctrl_c_saves_and_resume_continues_where_it_stopped(tmp_path: Path) -> N
 
 def test_a_second_ctrl_c_exits_at_once_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [CBAM_TUI, "demo", "--headless", "--run-dir", str(run_dir), "--limit-train", "960", *TINY],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("Epoch 1/3 done"):
-            break
+    proc = start_until(run_dir, "960", "Epoch 1/3 done")
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import tui.cli
 import tui.headless
-from tui.cli import main
+from tests.test_cli import cli
 from tui.options import OPTIONS
 
 VALUES = st.one_of(
@@ -44,18 +42,8 @@ def test_no_input_produces_a_traceback(
     started: list[object] = []
     # A valid command line would start training: record it instead (the run itself is tested elsewhere).
     monkeypatch.setattr(tui.headless, "run_headless", lambda config: started.append(config) or 0)
-    monkeypatch.setattr(tui.cli, "sys", sys)
     monkeypatch.chdir(tmp_path)
-    old = sys.argv
-    sys.argv = ["cbam-tui", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
+    code, out, err = cli(capsys, *args)
     assert "Traceback" not in out + err
     if code != 0:
         lines = err.strip().splitlines()
