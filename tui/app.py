@@ -38,6 +38,7 @@ VIEWS = ("dashboard", "tree", "full-log")
 ENDED = (FINISHED, STOPPED, FAILED)
 REDRAW_S = 0.25
 CURVES_S = 1.0
+COMPACT_BELOW_ROWS = 30
 
 
 class TrainingEvent(Message):
@@ -110,6 +111,7 @@ class CbamApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._fit()
         self.set_interval(REDRAW_S, self.redraw)
         self.redraw()
         self.train()
@@ -193,7 +195,12 @@ class CbamApp(App[int]):
             tree.update_from(state)  # built while hidden, so the first look at it is instant
 
     def on_resize(self) -> None:
+        self._fit()
         self._drawn = -1
+
+    def _fit(self) -> None:
+        # Under 30 rows the panels drop their borders so all eleven modules still show.
+        self.query_one("#views").set_class(self.size.height < COMPACT_BELOW_ROWS, "-compact")
 
     # --- keys -------------------------------------------------------------------
     def action_pause(self) -> None:
