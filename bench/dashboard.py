@@ -65,8 +65,9 @@ def cpu_seconds(pid: int) -> float:
 def paused_cpu_and_key_latency(tmp: Path, session: str = "cbam-pause") -> tuple[float, list[float]]:
     run_dir = tmp / "paused"
     cmd = f"TERM=xterm-256color exec {CBAM_TUI} demo --run-dir {run_dir} {' '.join(RUN)} --stage-epochs 5,1,1"
-    tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", cmd)
-    pid = int(tmux("display-message", "-p", "-t", session, "#{pane_pid}").strip())
+    pane, pid_text = tmux("new-session", "-d", "-P", "-F", "#{pane_id} #{pane_pid}", "-s", session,
+                          "-x", "100", "-y", "30", cmd).split()
+    pid, session = int(pid_text), pane  # address the pane by id: names can match other sessions
     while "batch 5/" not in tmux("capture-pane", "-p", "-t", session):
         time.sleep(0.1)
     latencies = []

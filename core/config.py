@@ -87,8 +87,26 @@ def validate(config: RunConfig) -> None:
     if config.on_nonfinite not in ON_NONFINITE:
         raise ConfigError(f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}")
     parse_device(config.device)
+    check_data_location(config)
     if config.weights not in ("imagenet", "none") and not Path(config.weights).exists():
         raise ConfigError(f"weights file {config.weights} does not exist (or use --weights imagenet or none)")
+
+
+def check_data_location(config: RunConfig) -> None:
+    """The cheap part of the data checks, so a typo fails before any screen opens."""
+    root = Path(config.data_dir)
+    if config.dataset == "imagefolder":
+        if not root.exists():
+            raise ConfigError(f"data directory {root} does not exist")
+        if not root.is_dir():
+            raise ConfigError(f"data directory {root} is a file, not a directory")
+    if config.dataset == "cifar10" and not config.download:
+        present = (root / "cifar-10-batches-py").is_dir() or (root / "cifar-10-python.tar.gz").is_file()
+        if not present:
+            raise ConfigError(
+                f"CIFAR-10 is not in {root} (expected {root}/cifar-10-batches-py/ or cifar-10-python.tar.gz): "
+                "drop --no-download to fetch it (170 MB), or use --dataset imagefolder"
+            )
 
 
 def parse_device(text: str) -> str:

@@ -101,7 +101,9 @@ class Trainer:
             raise CbamError(message) from exc
         except Exception as exc:
             if self.run_dir is not None:
-                (self.run_dir.path / "error.log").write_text(traceback.format_exc())
+                log = self.run_dir.path / "error.log"
+                log.write_text(traceback.format_exc())
+                exc.add_note(f"the traceback is in {log}")
             self._emit(RunFailed(f"{type(exc).__name__}: {exc}", self._save_on_failure()))
             raise
         finally:
@@ -375,7 +377,7 @@ class Trainer:
     def _host_sums(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> dict[str, Any]:
         return {"loss_sum": loss_sum.item(), "correct": int(correct.item()), "seen": seen}
 
-    def _boundary(self, pos: Position) -> str | None:
+    def _boundary(self, pos: Position, pause_reason: str = "user") -> str | None:
         """Obey the Control at a batch boundary: stop, save, next stage, pause."""
         was_paused = False
         t0 = time.perf_counter()
@@ -394,7 +396,7 @@ class Trainer:
                     return None
                 if not was_paused:
                     was_paused = True
-                    self._emit(Paused(pos.stage + 1, pos.epoch, pos.batch, "user"))
+                    self._emit(Paused(pos.stage + 1, pos.epoch, pos.batch, pause_reason))
                 self.control.wait_while_paused(0.25)
         finally:
             if was_paused:
@@ -408,10 +410,11 @@ class Trainer:
         last = self.run_dir.last_checkpoint if self.run_dir else None
         kept = str(last) if last is not None and last.exists() else None
         if self.config.on_nonfinite == "pause":
-            self.control.pause()
-            self._emit(Paused(pos.stage + 1, pos.epoch, pos.batch, f"{where}; the last finite checkpoint is kept"))
+            # The weights are no longer finite: stay paused (resume and next stage
+            # would train on garbage) until the person stops the run.
             self._live = (pos, loss_sum, correct, seen)
-            while self._boundary(pos) is None:  # paused until a stop arrives
+            self.control.pause()
+            while self._boundary(pos, f"{where}; the last finite checkpoint is kept") != _STOP:
                 self.control.pause()
             self._stop(pos, loss_sum, correct, seen, reason=where)
             return _STOP

@@ -153,3 +153,29 @@ async def test_views_switch_while_training(tmp_path: Path, size: tuple[int, int]
         await pilot.press("q", "y")
         await until(pilot, lambda: not app.is_running)
     assert app.exit_code == 0
+
+
+async def test_a_non_finite_loss_pauses_the_dashboard_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.train as train_mod
+
+    real = train_mod.F.cross_entropy
+
+    def poisoned(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if kwargs.get("reduction") is None else loss
+
+    monkeypatch.setattr(train_mod.F, "cross_entropy", poisoned)
+    app = recorded_app(tiny_config(tmp_path))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.state.status == PAUSED and app.state.message is not None)
+        assert "non-finite loss at epoch 1, batch 2" in app.state.message
+        await until(pilot, lambda: "non-finite loss" in str(app.query_one("#status").render()), timeout=2)
+        await pilot.press("p")  # resuming would train on NaN weights: it stays paused
+        await pilot.pause(1.0)
+        assert app.state.status == PAUSED
+        await pilot.press("q", "y")
+        await until(pilot, lambda: not app.is_running)
+    assert app.exit_code == 0
+    assert not list(Path(tmp_path / "runs").glob("*/checkpoints/last.pt"))  # nothing finite to keep yet

@@ -219,11 +219,13 @@ def test_a_non_finite_loss_stops_without_overwriting_the_last_good_checkpoint(
 
 
 def test_failures_are_recorded_in_the_run_directory(tmp_path: Path) -> None:
-    with pytest.raises(CbamError, match="does not exist"):
-        run(tiny_config(tmp_path, dataset="imagefolder", data_dir=str(tmp_path / "nothing")))
+    for split in ("train", "test"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+    with pytest.raises(CbamError, match="no class folders"):
+        run(tiny_config(tmp_path, dataset="imagefolder", data_dir=str(tmp_path / "images")))
     (home,) = (tmp_path / "runs").iterdir()
     last = json.loads((home / "events.jsonl").read_text().splitlines()[-1])
-    assert last["event"] == "run_failed" and "does not exist" in last["message"]
+    assert last["event"] == "run_failed" and "no class folders" in last["message"]
 
 
 def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path: Path) -> None:

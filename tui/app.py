@@ -8,6 +8,7 @@ redraws on a timer, a few times a second, never once per event.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,7 @@ ENDED = (FINISHED, STOPPED, FAILED)
 REDRAW_S = 0.25
 CURVES_S = 1.0
 COMPACT_BELOW_ROWS = 30
+EXIT_GRACE_S = 3.0
 
 
 class TrainingEvent(Message):
@@ -147,6 +149,12 @@ class CbamApp(App[int]):
                 # The terminal is gone: restoring it would block on a dead tty. The
                 # checkpoint is saved and the events are flushed, so leave at once.
                 os._exit(self.exit_code)
+            if reason in SIGNAL_EXIT:
+                # Everything is saved and flushed. Restore the terminal if it lets
+                # us, but a stop signal must end the process even if it does not.
+                watchdog = threading.Timer(EXIT_GRACE_S, os._exit, (self.exit_code,))
+                watchdog.daemon = True
+                watchdog.start()
             if self._quitting or reason in SIGNAL_EXIT:
                 self.exit(self.exit_code)
             self.redraw()

@@ -141,6 +141,11 @@ def main() -> None:
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug, not bad input: still one line, and where the details are
+        notes = "; ".join(getattr(exc, "__notes__", []))
+        where = f" ({notes})" if notes else ""
+        print(f"cbam-tui: internal error: {type(exc).__name__}: {exc}{where}", file=sys.stderr)
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -22,17 +22,20 @@ class Terminal:
     def __init__(self, name: str, command: str, size: tuple[int, int], cwd: Path) -> None:
         self.name = name
         w, h = size
-        subprocess.run(
-            ["tmux", "new-session", "-d", "-s", name, "-x", str(w), "-y", str(h), "-c", str(cwd),
-             f"TERM=xterm-256color {command}; echo EXIT=$? > exit-code; sleep 600"],
-            check=True,
+        created = subprocess.run(
+            ["tmux", "new-session", "-d", "-P", "-F", "#{pane_id} #{pane_pid}", "-s", name, "-x", str(w), "-y", str(h),
+             "-c", str(cwd), f"TERM=xterm-256color {command}; echo EXIT=$? > exit-code; sleep 600"],
+            check=True, capture_output=True, text=True,
         )
+        # Panes are addressed by their id: a session name can match another session.
+        pane, pid = created.stdout.split()
+        self.pane, self.pid = pane, int(pid)
 
     def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True).stdout
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.pane], capture_output=True, text=True).stdout
 
     def press(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+        subprocess.run(["tmux", "send-keys", "-t", self.pane, *keys], check=True)
 
     def wait_for(self, found: Callable[[str], bool], timeout: float = 90.0) -> str:
         deadline = time.monotonic() + timeout
@@ -45,7 +48,7 @@ class Terminal:
             time.sleep(0.1)
 
     def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+        subprocess.run(["tmux", "kill-pane", "-t", self.pane], capture_output=True)
 
 
 def batch(screen: str) -> int:

@@ -53,15 +53,15 @@ def test_dashboard_signals(tmp_path: Path, how: str) -> None:
     term = Terminal(f"cbam-sig-{how}", f"exec {CBAM_TUI} demo --run-dir {run_dir} {' '.join(TINY)}", (100, 30), tmp_path)
     try:
         term.wait_for(lambda s: "Stage 1/3" in s and "batch 0/" not in s)
-        pid = int(subprocess.run(["tmux", "display-message", "-p", "-t", term.name, "#{pane_pid}"],
-                                 capture_output=True, text=True).stdout)
+        pid = term.pid  # `exec`: the pane's process is cbam-tui itself
         if how == "hang-up":
             term.close()  # the terminal goes away, as when an SSH connection drops: SIGHUP
         else:
             subprocess.run(["kill", "-TERM", str(pid)], check=True)
         deadline = time.monotonic() + 60
         while Path(f"/proc/{pid}").exists():
-            assert time.monotonic() < deadline, "the dashboard did not exit"
+            events = (run_dir / "events.jsonl").read_text().splitlines()[-2:]
+            assert time.monotonic() < deadline, f"the dashboard did not exit; last events: {events}"
             time.sleep(0.2)
     finally:
         term.close()
