@@ -16,7 +16,6 @@ from core.events import (
     Event,
     IterLosses,
     Loading,
-    ModuleState,
     Paused,
     Progress,
     Resumed,
@@ -133,11 +132,6 @@ class RunState:
         return []
 
     # --- derived figures for the stage panel -------------------------------
-    def module(self, name: str) -> ModuleState | None:
-        if self.stage is None:
-            return None
-        return next((m for m in self.stage.modules if m.name == name), None)
-
     def seconds_left(self) -> tuple[float, float, float] | None:
         """Estimated seconds left in the epoch, the stage and the run (training time only)."""
         if self.started is None or self.stage is None or self.images_per_second <= 0:
