@@ -181,6 +181,26 @@ class EpochEnded(Event):
 
 
 @dataclass(frozen=True)
+class CommandTaken(Event):
+    """A command from the run directory's control channel (`ctl`, an attached dashboard)."""
+
+    kind: ClassVar[str] = "command"
+    verb: str  # pause, resume, next, save or stop
+    origin: str  # who sent it: "ctl pid 123", "watch pid 456"
+
+
+@dataclass(frozen=True)
+class Watching(Event):
+    """An attached dashboard's own news: whether it can steer the run it follows."""
+
+    kind: ClassVar[str] = "watching"
+    transient: ClassVar[bool] = True
+    run_dir: str
+    can_control: bool
+    detail: str  # "controlling pid 123", or why it only watches
+
+
+@dataclass(frozen=True)
 class Paused(Event):
     kind: ClassVar[str] = "paused"
     stage: int

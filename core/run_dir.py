@@ -6,6 +6,8 @@
         metrics.csv          one row per evaluated epoch
         checkpoints/last.pt  written atomically at each epoch end, on save and on stop
         checkpoints/best.pt  the best test accuracy so far
+        progress.json        the latest batch progress, for attached dashboards
+        control/             commands for the trainer (see core.channel)
         run.pid, .lock       the process that owns the run (others are refused)
 """
 
@@ -17,14 +19,14 @@ import io
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 from core.errors import RunDirError
-from core.events import EpochEnded, Event
+from core.events import EpochEnded, Event, Progress
+from core.runs import read_pid
+
+PROGRESS_EVERY_S = 1.0
 
 METRICS_COLUMNS = (
     "stage", "epoch", "epoch_in_stage", "batches_done", "train_loss", "train_acc",
@@ -37,6 +39,7 @@ class RunDir:
         self.path = path
         self._events: IO[str] | None = None
         self._lock_fd: int | None = None
+        self._progress_at = 0.0
 
     @property
     def events_path(self) -> Path:
@@ -53,6 +56,13 @@ class RunDir:
     @classmethod
     def create(cls, root: Path, name: str, explicit: Path | None = None) -> RunDir:
         """A new run directory under ``root`` (or exactly ``explicit``), locked."""
+        run = cls(cls.prepare(root, name, explicit))
+        run.lock()
+        return run
+
+    @staticmethod
+    def prepare(root: Path, name: str, explicit: Path | None = None) -> Path:
+        """Make a new run's directory, not yet claimed by any process."""
         if explicit is not None:
             path = explicit
             if path.exists() and not path.is_dir():
@@ -70,9 +80,7 @@ class RunDir:
             (path / "checkpoints").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunDirError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
-        run = cls(path)
-        run.lock()
-        return run
+        return path
 
     @classmethod
     def open(cls, path: Path) -> RunDir:
@@ -114,15 +122,28 @@ class RunDir:
         _atomic_write_bytes(self.path / "config.json", json.dumps(config, indent=2).encode() + b"\n")
 
     def write(self, event: Event) -> None:
-        """Append one event; flushed at once so a watcher or a crash loses nothing."""
+        """Append one event, stamped with the wall clock; flushed at once so a
+        watcher or a crash loses nothing. Progress only replaces progress.json."""
         if event.transient:
+            if isinstance(event, Progress):
+                self._write_progress(event)
             return
         if self._events is None:
             self._events = self._open_events()
-        self._events.write(event.to_json() + "\n")
+        self._events.write(json.dumps({**event.to_dict(), "t": round(time.time(), 3)}, separators=(",", ":")) + "\n")
         self._events.flush()
         if isinstance(event, EpochEnded):
             self._append_metrics(event)
+
+    def _write_progress(self, event: Progress) -> None:
+        now = time.monotonic()
+        if now - self._progress_at < PROGRESS_EVERY_S:
+            return
+        self._progress_at = now
+        target = self.path / "progress.json"
+        tmp = target.with_name(f".progress.json.tmp-{os.getpid()}")
+        tmp.write_text(event.to_json())  # no fsync: it is stale within a second anyway
+        os.replace(tmp, target)
 
     def _open_events(self) -> IO[str]:
         path = self.events_path
@@ -151,6 +172,8 @@ class RunDir:
             f.write(buf.getvalue())
 
     def save_checkpoint(self, state: dict[str, Any], name: str = "last.pt") -> Path:
+        import torch
+
         target = self.checkpoints / name
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -170,23 +193,3 @@ def _atomic_write_bytes(target: Path, data: bytes | memoryview) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def read_pid(path: Path) -> int | None:
-    try:
-        return int((path / "run.pid").read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def read_events(path: Path) -> Iterator[dict[str, Any]]:
-    """The events of a run, skipping a last line cut short by a crash."""
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue

@@ -5,11 +5,10 @@ parameter counts (recursive, as torchinfo counts them), CBAM blocks marked.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from core.cbam import CBAM
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,10 @@ class Row:
 
 def summarize(model: nn.Module, image_size: int = 32) -> list[Row]:
     """Rows in definition order; output shapes from one forward pass of a 1-image batch."""
+    import torch  # here, so readers of Row (the dashboard attached to a run) need no torch
+
+    from core.cbam import CBAM
+
     shapes: dict[int, tuple[int, ...]] = {}
     hooks = [
         m.register_forward_hook(lambda mod, _inp, out: shapes.__setitem__(id(mod), tuple(out.shape)))

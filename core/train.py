@@ -19,6 +19,7 @@ from torch import nn
 
 from core import checkpoint as ckpt_mod
 from core.augment import Augmenter
+from core.channel import Inbox
 from core.checkpoint import Position
 from core.config import RunConfig, validate
 from core.control import Control
@@ -28,6 +29,7 @@ from core.errors import CbamError, CheckpointError
 from core.events import (
     BatchLogged,
     CheckpointSaved,
+    CommandTaken,
     EpochEnded,
     Event,
     IterLosses,
@@ -63,6 +65,7 @@ class Trainer:
         self._emit_to = emit
         self.control = control or Control()
         self.run_dir: RunDir | None = None
+        self.inbox: Inbox | None = None
         self._write_failed = False
         self.best_acc = 0.0
         self.best_epoch = 0
@@ -139,6 +142,7 @@ class Trainer:
             explicit = Path(cfg.run_dir) if cfg.run_dir else None
             self.run_dir = RunDir.create(Path(cfg.runs_root), cfg.name, explicit)
         self.config = cfg
+        self.inbox = Inbox(self.run_dir.path, self.control, lambda verb, origin: self._emit(CommandTaken(verb, origin)))
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.autocast = autocast(self.device, self.precision)
@@ -383,6 +387,8 @@ class Trainer:
         t0 = time.perf_counter()
         try:
             while True:
+                if self.inbox is not None:
+                    self.inbox.poll()
                 if self.control.stop_reason is not None:
                     return _STOP
                 if self.control.take_save() and self._live is not None:
@@ -462,6 +468,8 @@ class Trainer:
         n = len(self.test_y)
         with torch.inference_mode(), self.autocast():
             for i in range(0, n, eval_batch):
+                if self.inbox is not None:
+                    self.inbox.poll()
                 if self.control.stop_reason is not None:
                     return None
                 x = self.augment.test(self.test_x[i : i + eval_batch].to(dev, non_blocking=True))

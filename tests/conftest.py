@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from core.config import RunConfig
 from core.events import Event
 from core.plan import PlanOptions, build_plan
+from tui.cli import main
 
 
 def tiny_config(tmp_path: Path, **overrides: Any) -> RunConfig:
@@ -56,3 +58,17 @@ def fake_cifar(tmp_path: Path) -> Path:
         with (folder / name).open("wb") as f:
             pickle.dump(batch, f)
     return root
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    old = sys.argv
+    sys.argv = ["cbam-tui", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -10,24 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tui.cli import main
+from tests.conftest import cli
 from tui.options import OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    old = sys.argv
-    sys.argv = ["cbam-tui", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 TINY = ("--image-size", "8", "--limit-train", "16", "--limit-test", "8", "--batch-size", "8", "--stage-epochs", "1,0,0")

@@ -34,7 +34,7 @@ from tui.widgets.module_table import ModuleTable
 from tui.widgets.stage_panel import StagePanel
 from tui.widgets.status_bar import StatusBar
 
-TrainerFactory = Callable[[RunConfig, Callable[[Event], None], Control], Any]
+TrainerFactory = Callable[[Any, Callable[[Event], None], Control], Any]
 VIEWS = ("dashboard", "tree", "full-log")
 ENDED = (FINISHED, STOPPED, FAILED)
 REDRAW_S = 0.25
@@ -81,7 +81,7 @@ class CbamApp(App[int]):
         Binding("question_mark", "help", "help"),
     ]
 
-    def __init__(self, config: RunConfig, trainer_factory: TrainerFactory = _default_trainer) -> None:
+    def __init__(self, config: RunConfig | None, trainer_factory: TrainerFactory = _default_trainer) -> None:
         super().__init__()
         self.config = config
         self.trainer_factory = trainer_factory

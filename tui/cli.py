@@ -53,7 +53,11 @@ def start(given: dict[str, Any], demo: bool) -> None:
             raise ConfigError(f"{flag} cannot be changed when resuming: the run continues with its saved settings")
     config = build_config(values)
     headless = values["headless"] or not sys.stdout.isatty()
-    if headless:
+    if values["detach"]:
+        from tui.detach import detach
+
+        code = detach(given, demo, config)
+    elif headless:
         from tui.headless import run_headless
 
         code = run_headless(config)
@@ -105,9 +109,68 @@ def summary(
     """Print the model tree (CBAM blocks marked) and what each stage trains."""
     from tui.summary_view import print_summary
 
-    if num_classes < 1 or image_size < 8 or depth < 1:
-        raise ConfigError("--num-classes and --depth must be at least 1 and --image-size at least 8")
+    if num_classes < 1 or depth < 1 or not 8 <= image_size <= 512:
+        raise ConfigError("--num-classes and --depth must be at least 1, and --image-size from 8 to 512")
     print_summary(preset, plan, new_lr_mult, frozen_bn, num_classes, image_size, depth)
+
+
+RUNS_ROOT = Annotated[Path, typer.Option("--runs-root", help="Where the runs are.")]
+
+
+@app.command("watch")
+def watch(
+    run_dir: Annotated[str | None, typer.Argument(help="A run directory (default: the newest under --runs-root).")] = (
+        None
+    ),
+    runs_root: RUNS_ROOT = Path("runs"),
+) -> None:
+    """Attach the dashboard to a run, live or over: replay its events, then follow them."""
+    from core.runs import resolve_run
+
+    run = resolve_run(run_dir, runs_root)
+    if not sys.stdout.isatty():
+        raise ConfigError("watch needs a terminal; for a plain list use cbam-tui runs, or read events.jsonl")
+    from tui.watch import run_watch
+
+    raise typer.Exit(run_watch(run))
+
+
+@app.command("runs")
+def runs(runs_root: RUNS_ROOT = Path("runs")) -> None:
+    """List the runs: state (a dead process is told apart), stage, epoch, best accuracy, start, duration."""
+    from core.runs import list_runs
+    from tui.runs_view import print_runs
+
+    print_runs(list_runs(runs_root))
+
+
+@app.command("ctl")
+def ctl(
+    run_dir: Annotated[str, typer.Argument(help="The run directory.")],
+    command: Annotated[str, typer.Argument(help="pause, resume, next, save or stop.")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run to take the command.")] = 30.0,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the run has taken it.")] = True,
+) -> None:
+    """Steer a running run from a shell or a script, as its dashboard keys do."""
+    import os
+
+    from core.channel import VERBS, send, wait_taken
+    from core.runs import resolve_run
+
+    if command not in VERBS:
+        raise ConfigError(f"unknown command {command!r}: use one of {', '.join(VERBS)}")
+    if timeout <= 0:
+        raise ConfigError("--timeout must be more than 0 seconds")
+    run = resolve_run(run_dir, Path("runs"))
+    sent = send(run, command, f"ctl pid {os.getpid()}")
+    if not wait:
+        print(f"cbam-tui: {command} queued for {run}")
+        return
+    if not wait_taken(sent, timeout):
+        raise CbamError(
+            f"the run did not take {command} within {timeout:g} s (it reads commands between batches); withdrawn"
+        )
+    print(f"cbam-tui: {command} taken by {run}")
 
 
 def _click_errors(name: str) -> tuple[type[BaseException], ...]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from core.channel import STOP_COMMAND
 from core.config import RunConfig
 from core.control import SIGNAL_EXIT, Control, stop_on_signals
 from core.events import (
     BatchLogged,
     CheckpointSaved,
+    CommandTaken,
     EpochEnded,
     Event,
     Loading,
@@ -79,6 +81,8 @@ class Reporter:
             )
         if isinstance(e, StageSkipped):
             return f"Stage {e.stage} ({e.name}) skipped: {e.reason}"
+        if isinstance(e, CommandTaken):
+            return f"command {e.verb} from {e.origin}"
         if isinstance(e, Paused):
             return f"paused at epoch {e.epoch}, batch {e.batch}" + ("" if e.reason == "user" else f": {e.reason}")
         if isinstance(e, Resumed):
@@ -115,6 +119,7 @@ def run_headless(config: RunConfig, out: TextIO = sys.stdout) -> int:
         outcome = Trainer(config, Reporter(out), control).run()
     finally:
         restore()
-    if outcome == FINISHED:
+    reason = control.stop_reason or ""
+    if outcome == FINISHED or reason == STOP_COMMAND:  # a stop asked for is no failure
         return 0
-    return SIGNAL_EXIT.get(control.stop_reason or "", 1)
+    return SIGNAL_EXIT.get(reason, 1)

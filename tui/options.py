@@ -49,6 +49,7 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("seed", ("--seed",), int, "Seed of the data order, augmentation and init.", 0),
     Opt("log_every", ("--log-every",), int, "Batches between loss lines.", 100, 5, defines_run=False),
     Opt("headless", ("--headless",), bool, "Plain lines instead of the dashboard (also when stdout is no terminal).", False, defines_run=False),
+    Opt("detach", ("--detach",), bool, "Train in a background process that outlives the terminal; output in <run dir>/train.log.", False, defines_run=False, panel=RUN),
     Opt("name", ("--name",), str, "Run name, the end of the run directory's name.", "cbam", "demo", panel=RUN),
     Opt("runs_root", ("--runs-root",), str, "Where new run directories go.", "runs", panel=RUN, defines_run=False),
     Opt("run_dir", ("--run-dir",), str, "Use exactly this run directory.", None, panel=RUN),

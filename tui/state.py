@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from core.events import (
     BatchLogged,
     CheckpointSaved,
+    CommandTaken,
     EpochEnded,
     Event,
     IterLosses,
@@ -26,6 +27,7 @@ from core.events import (
     SaveFailed,
     StageSkipped,
     StageStarted,
+    Watching,
 )
 
 LOADING, RUNNING, PAUSED, STOPPING, FINISHED, STOPPED, FAILED = (
@@ -53,6 +55,7 @@ class RunState:
     last_checkpoint: str | None = None
     message: str | None = None  # why it paused, stopped or failed
     finished: RunFinished | None = None
+    watching: Watching | None = None  # set when attached to a run through its directory
     version: int = 0  # bumped on every change, so widgets redraw only when needed
 
     def apply(self, e: Event) -> list[str]:
@@ -110,11 +113,17 @@ class RunState:
             return [f"Stage {e.stage} ({e.name}) skipped: {e.reason}"]
         if isinstance(e, Paused):
             self.status = PAUSED
+            self.epoch, self.batch = e.epoch, e.batch
             self.message = None if e.reason == "user" else e.reason
             return [f"paused at epoch {e.epoch}, batch {e.batch}" + (f": {e.reason}" if self.message else "")]
         if isinstance(e, Resumed):
             self.status = RUNNING
             return [f"resumed at epoch {e.epoch}, batch {e.batch}"]
+        if isinstance(e, Watching):
+            self.watching = e
+            return [f"{'attached' if e.can_control else 'watching'} {e.run_dir}: {e.detail}"]
+        if isinstance(e, CommandTaken):
+            return [f"command {e.verb} from {e.origin}"]
         if isinstance(e, CheckpointSaved):
             self.last_checkpoint = e.path
             return [] if e.reason in ("epoch", "best") else [f"checkpoint saved: {e.path}"]

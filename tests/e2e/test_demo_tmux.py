@@ -3,52 +3,15 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+from tests.e2e.terminal import CBAM_TUI, Terminal, needs_tmux
 
-CBAM_TUI = str(Path(sys.executable).with_name("cbam-tui"))
-
-
-class Terminal:
-    def __init__(self, name: str, command: str, size: tuple[int, int], cwd: Path) -> None:
-        self.name = name
-        w, h = size
-        created = subprocess.run(
-            ["tmux", "new-session", "-d", "-P", "-F", "#{pane_id} #{pane_pid}", "-s", name, "-x", str(w), "-y", str(h),
-             "-c", str(cwd), f"TERM=xterm-256color {command}; echo EXIT=$? > exit-code; sleep 600"],
-            check=True, capture_output=True, text=True,
-        )
-        # Panes are addressed by their id: a session name can match another session.
-        pane, pid = created.stdout.split()
-        self.pane, self.pid = pane, int(pid)
-
-    def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.pane], capture_output=True, text=True).stdout
-
-    def press(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.pane, *keys], check=True)
-
-    def wait_for(self, found: Callable[[str], bool], timeout: float = 90.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.screen()
-            if found(text):
-                return text
-            if time.monotonic() > deadline:
-                raise AssertionError(f"screen never showed what was expected:\n{text}")
-            time.sleep(0.1)
-
-    def close(self) -> None:
-        subprocess.run(["tmux", "kill-pane", "-t", self.pane], capture_output=True)
+pytestmark = needs_tmux
 
 
 def batch(screen: str) -> int:

@@ -16,7 +16,8 @@ import torch
 
 from core.control import Control
 from core.events import RunFinished, RunStopped, SaveFailed
-from core.run_dir import RunDir, read_events
+from core.run_dir import RunDir
+from core.runs import read_events
 from core.train import FINISHED, STOPPED, Trainer
 from tests.conftest import Recorder, tiny_config
 

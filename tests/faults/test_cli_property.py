@@ -8,8 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import tui.detach
 import tui.headless
-from tests.test_cli import cli
+from tests.conftest import cli
 from tui.options import OPTIONS
 
 VALUES = st.one_of(
@@ -24,7 +25,7 @@ FLAGS = [flag for o in OPTIONS for flag in o.decls[0].split("/")] + ["--bogus", 
 
 @st.composite
 def argv(draw: st.DrawFn) -> list[str]:
-    args = [draw(st.sampled_from(["run", "demo", "summary", "nope"]))]
+    args = [draw(st.sampled_from(["run", "demo", "summary", "runs", "watch", "ctl", "nope"]))]
     for _ in range(draw(st.integers(0, 5))):
         flag = draw(st.sampled_from(FLAGS))
         args.append(flag)
@@ -42,6 +43,7 @@ def test_no_input_produces_a_traceback(
     started: list[object] = []
     # A valid command line would start training: record it instead (the run itself is tested elsewhere).
     monkeypatch.setattr(tui.headless, "run_headless", lambda config: started.append(config) or 0)
+    monkeypatch.setattr(tui.detach, "detach", lambda given, demo, config: started.append(config) or 0)
     monkeypatch.chdir(tmp_path)
     code, out, err = cli(capsys, *args)
     assert "Traceback" not in out + err

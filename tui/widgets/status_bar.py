@@ -21,6 +21,9 @@ STATE_STYLES = {
 class StatusBar(Static):
     def update_from(self, state: RunState) -> None:
         line = Text(f" {state.status} ", style=STATE_STYLES.get(state.status, "bold"))
+        w = state.watching
+        if w is not None:  # attached through the run directory: can the keys steer it?
+            line.append(" ◉ attached" if w.can_control else " ○ watching only", style="bold")
         s = state.started
         if s is None:
             line.append(" cbam-tui", style="bold")

@@ -1,0 +1,49 @@
+"""`cbam-tui runs`: the runs under a root, one row each."""
+
+from __future__ import annotations
+
+import time
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from core.runs import RunInfo
+from tui.state import fmt_seconds
+
+STATE_STYLES = {
+    "running": "green", "paused": "yellow", "starting": "yellow", "finished": "cyan",
+    "stopped": "blue", "failed": "red", "dead": "bold red",
+}
+
+
+def print_runs(runs: list[RunInfo], console: Console | None = None) -> None:
+    console = console or Console(highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 140)  # a pipe or a file: never fold a row
+    if not runs:
+        console.print("no runs yet: start one with cbam-tui run (or cbam-tui demo)")
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("run", "state", "stage", "epoch", "best acc", "started", "duration", "pid"):
+        table.add_column(column, justify="right" if column in ("best acc", "duration", "pid") else "left", no_wrap=True)
+    for r in runs:
+        table.add_row(
+            r.path.name,
+            f"[{STATE_STYLES.get(r.state, '')}]{r.state}[/]",
+            r.stage,
+            r.epoch,
+            f"{r.best_acc:.2f}%" if r.best_acc is not None else "-",
+            time.strftime("%m-%d %H:%M", time.localtime(r.started)) if r.started else "-",
+            fmt_seconds(r.seconds) if r.seconds is not None else "-",
+            str(r.pid) if r.pid else "-",
+        )
+    console.print(table)
+    dead = [r for r in runs if r.state == "dead"]
+    for r in dead:
+        then = (
+            f"continue it with cbam-tui run --resume {r.path}"
+            if (r.path / "checkpoints" / "last.pt").is_file()
+            else f"no checkpoint yet; see {r.path / 'train.log'}"
+        )
+        console.print(f"{r.path.name}: {r.message}; {then}")
