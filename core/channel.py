@@ -28,11 +28,12 @@ STOP_COMMAND = "stop command"  # the stop reason a command gives; not a failure
 POLL_S = 0.2
 
 
-def can_control(run: Path) -> tuple[bool, str]:
-    """Whether this process may steer the run, and if not, why (one sentence)."""
+def can_control(run: Path, ended: str | None = None) -> tuple[bool, str]:
+    """Whether this process may steer the run, and if not, why (one sentence).
+    ``ended``: how the run ended, when the caller already knows (saves reading its events)."""
     pid = owner_alive(run)
     if pid is None:
-        state = inspect_run(run).state
+        state = ended or inspect_run(run).state
         why = f"the run has {state}" if state in ENDINGS.values() else "no live process owns the run"
         return False, f"{why}: watching only"
     inbox = run / CONTROL_DIR

@@ -33,7 +33,7 @@ from core.runs import EVENTS, owner_alive
 POLL_S = 0.25
 CHECK_OWNER_S = 1.0
 DETACHED = "detached"
-_ENDS = (RunFinished, RunStopped, RunFailed)
+_ENDS = {RunFinished: "finished", RunStopped: "stopped", RunFailed: "failed"}
 
 
 class Follower:
@@ -44,7 +44,7 @@ class Follower:
         self.poll_s = poll_s
         self._offset = 0
         self._partial = b""
-        self._ended = False  # the last run segment has its final event
+        self._ended: str | None = None  # how the last run segment ended, once its final event is read
         self._started = False
         self._where = (0, 0)  # (epoch, batch) the events have reached; older progress is stale
         self._progress_mtime = 0.0
@@ -95,23 +95,24 @@ class Follower:
 
     def _note(self, e: Event) -> None:
         if isinstance(e, RunStarted):
-            self._started, self._ended, self._reported_dead = True, False, False
+            self._started, self._ended, self._reported_dead = True, None, False
             self._where = (e.start_epoch, e.start_batch)
         elif isinstance(e, BatchLogged):
             self._where = (e.epoch, e.batch)
         elif isinstance(e, EpochEnded):
             self._where = (e.epoch + 1, 0)
-        elif isinstance(e, _ENDS):
-            self._ended = True
+        elif type(e) in _ENDS:
+            self._ended = _ENDS[type(e)]
 
     def _check_owner(self) -> None:
-        watching = can_control(self.run_dir)
+        watching = can_control(self.run_dir, self._ended)
         if watching != self._watching:
             self._watching = watching
             self.emit(Watching(str(self.run_dir), *watching))
         if not self._ended and not self._reported_dead and owner_alive(self.run_dir) is None:
             self._drain()  # it may have written its final event just before it left
             if self._ended:
+                self._checked = 0.0  # say at once that it can no longer be steered
                 return
             self._reported_dead = True
             last = self.run_dir / "checkpoints" / "last.pt"

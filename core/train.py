@@ -24,7 +24,7 @@ from core.checkpoint import Position
 from core.config import RunConfig, validate
 from core.control import Control
 from core.data import Dataset, DataSpec, batch_indices, epoch_generator, load_data
-from core.device import autocast, describe, resolve_device, resolve_precision
+from core.device import autocast, describe, prefers_channels_last, resolve_device, resolve_precision
 from core.errors import CbamError, CheckpointError
 from core.events import (
     BatchLogged,
@@ -80,6 +80,8 @@ class Trainer:
         self._epoch_batches = 0
         self._paused_s = 0.0
         self._log_paused_s = 0.0
+        self._t_log, self._seen_log = self._t_start, 0  # the last loss line: time and images seen
+        self.channels_last = False
         self._stage_index = -1  # the stage the optimizer was built for
         self._live: tuple[Position, torch.Tensor, torch.Tensor, int] | None = None
         self.device = torch.device("cpu")
@@ -168,8 +170,11 @@ class Trainer:
             self._restore(saved, num_classes)
         rows = summarize(self.model, cfg.image_size)
         self.model.to(self.device)
-        if self.device.type == "cuda":
+        self.channels_last = prefers_channels_last(self.device)
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        # Compiled for the training step only: evaluation (inference mode) would be one
+        # more guard failure per epoch, and dynamo gives up after a few of those.
         self.step_model: nn.Module = torch.compile(self.model) if cfg.compile else self.model  # type: ignore[assignment]
         self.augment = Augmenter(cfg.augment, self.device)
         self.train_x, self.train_y = self._place(self.data.train.images), self._place(self.data.train.labels)
@@ -306,9 +311,9 @@ class Trainer:
         self._epoch_t0 = time.perf_counter()
         self._paused_s = 0.0
         self._epoch_seen0 = seen
-        t_log, seen_log = self._epoch_t0, seen
+        self._t_log, self._seen_log = self._epoch_t0, seen
         t_progress = 0.0
-        channels_last = dev.type == "cuda"
+        channels_last = self.channels_last
         opt = self.optimizer
         assert opt is not None, "a stage builds the optimizer before its epochs"
         for b in range(pos.batch, self.batches_per_epoch):
@@ -348,25 +353,32 @@ class Trainer:
                 t_progress = now
                 ips = (seen - self._epoch_seen0) / max(now - self._epoch_t0 - self._paused_s, 1e-9)
                 self._emit(Progress(si + 1, epoch, done, self.batches_per_epoch, ips))
-            if done % cfg.log_every == 0 or done == self.batches_per_epoch:
-                losses = self._flush(pending, si)
-                if not all(torch.isfinite(torch.tensor(losses))):
-                    return self._on_nonfinite(Position(si, epoch, done), loss_sum, correct, seen)
-                if done % cfg.log_every == 0:
-                    now = time.perf_counter()
-                    ips = (seen - seen_log) / max(now - t_log - self._log_paused_s, 1e-9)
-                    self._log_paused_s = 0.0
-                    t_log, seen_log = now, seen
-                    self._emit(
-                        BatchLogged(
-                            si + 1, epoch, cfg.plan.total_epochs, done, self.batches_per_epoch, losses[-1],
-                            loss_sum.item() / seen, ips, self.global_step,
-                        )
-                    )
+            at_log = done % cfg.log_every == 0 or done == self.batches_per_epoch
+            if at_log and not self._log_point(Position(si, epoch, done), pending, loss_sum, seen):
+                return self._on_nonfinite(Position(si, epoch, done), loss_sum, correct, seen)
         self._sums = self._host_sums(loss_sum, correct, seen)
         self._epoch_batches = self.batches_per_epoch
         self._train_s = time.perf_counter() - self._epoch_t0 - self._paused_s
         return _DONE
+
+    def _log_point(self, pos: Position, pending: list[torch.Tensor], loss_sum: torch.Tensor, seen: int) -> bool:
+        """The only host syncs of the step loop: iteration losses, and every --log-every
+        batches the loss line. False if a loss is not finite."""
+        losses = self._flush(pending, pos.stage)
+        if not all(torch.isfinite(torch.tensor(losses))):
+            return False
+        if pos.batch % self.config.log_every == 0:
+            now = time.perf_counter()
+            ips = (seen - self._seen_log) / max(now - self._t_log - self._log_paused_s, 1e-9)
+            self._log_paused_s = 0.0
+            self._t_log, self._seen_log = now, seen
+            self._emit(
+                BatchLogged(
+                    pos.stage + 1, pos.epoch, self.config.plan.total_epochs, pos.batch, self.batches_per_epoch,
+                    losses[-1], loss_sum.item() / seen, ips, self.global_step,
+                )
+            )
+        return True
 
     def _flush(self, pending: list[torch.Tensor], si: int) -> list[float]:
         """Send the iteration losses since the last chunk: one host sync per log point."""
@@ -473,10 +485,10 @@ class Trainer:
                 if self.control.stop_reason is not None:
                     return None
                 x = self.augment.test(self.test_x[i : i + eval_batch].to(dev, non_blocking=True))
-                if dev.type == "cuda":
+                if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = self.test_y[i : i + eval_batch].to(dev, non_blocking=True)
-                out = self.step_model(x).float()
+                out = self.model(x).float()
                 loss_sum += F.cross_entropy(out, y, reduction="sum")
                 correct += (out.argmax(1) == y).sum()
         self.model.train()

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One prepared script for a GPU machine; run from the repository root in the project's venv:
+#
+#   bash bench/gpu_check.sh [--dry-run] [--data DIR]
+#
+# 1. per-stage images/s at batch 64 and 512: the seed's loop, cbam-tui's defaults, --compile
+# 2. one CIFAR-10-sized epoch (50,000 images, data on the GPU): time and peak GPU memory
+# 3. the sync check: no host-device sync in the step loop except at log points
+# 4. torch.compile: compile time per stage and recompiles when requires_grad flips
+#
+# Budgeted for about 8 minutes on an H100/H200. --dry-run: tiny sizes on whatever
+# device there is (the test suite runs it on the CPU so it cannot rot).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DRY=""
+DATA=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dry-run) DRY="--dry-run" ;;
+        --data) DATA="$2"; shift ;;
+        *) echo "gpu_check.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+PY=${PYTHON:-python}
+DEVICE=$($PY -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+
+echo "== machine"
+$PY - <<'PY'
+import platform, torch
+print(f"python {platform.python_version()}, torch {torch.__version__}, cuda {torch.version.cuda}")
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(f"{p.name}, {p.total_memory / 2**30:.0f} GiB, bf16 {torch.cuda.is_bf16_supported()}")
+else:
+    print("no CUDA device: the numbers below are CPU numbers")
+PY
+
+# Real JPEGs when they are at hand; otherwise the step table makes its own.
+if [ -z "$DATA" ] && [ -d ../shared/data/cifar10-jpeg/train ]; then DATA=../shared/data/cifar10-jpeg; fi
+STEP_ARGS=(--device "$DEVICE" --repeats 2 --warmup 10 --steps 60)
+if [ -n "$DATA" ]; then STEP_ARGS+=(--data "$DATA"); else STEP_ARGS+=(--make-data 8000); fi
+COMPILE=(--compile)
+if [ -n "$DRY" ]; then STEP_ARGS=(--dry-run --device "$DEVICE"); COMPILE=(); fi  # check 4 covers compile
+
+echo "== 1a. images/s per stage, batch 64 (seed loop, defaults, --compile)"
+$PY bench/train_step.py "${STEP_ARGS[@]}" --batch-size 64 "${COMPILE[@]}"
+echo "== 1b. images/s per stage, batch 512"
+if [ -n "$DRY" ]; then
+    echo "(dry run: the same script as 1a with another batch size; skipped)"
+else
+    $PY bench/train_step.py "${STEP_ARGS[@]}" --batch-size 512 --repeats 1 --warmup 5 --steps 15
+fi
+echo "== 2. one CIFAR-10-sized epoch"
+$PY bench/gpu_check.py epoch --device "$DEVICE" $DRY
+echo "== 3. host-device syncs in the step loop"
+$PY bench/gpu_check.py sync --device "$DEVICE" $DRY
+echo "== 4. torch.compile across the stages"
+$PY bench/gpu_check.py compile --device "$DEVICE" $DRY
+echo "== done"
