@@ -40,6 +40,8 @@ TINY = ("--image-size", "8", "--limit-train", "16", "--limit-test", "8", "--batc
         (("--name", ""), "--name must be"),
         (("--data-dir", " "), "--data-dir must not be empty"),
         (("--weights", "/no/such/file.pth"), "weights file /no/such/file.pth does not exist"),
+        # Control characters typed into a value are shown escaped: the error stays one line.
+        (("--weights", "w\x1e\n.pth"), "weights file w\\x1e\\n.pth does not exist"),
         (("--stage-epochs", "1,2"), "2 values but the plan has 3"),
         (("--stage-epochs", "0,0,0"), "nothing to train"),
         (("--stage-epochs", "1,-1,1"), "-1 epochs"),

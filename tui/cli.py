@@ -188,6 +188,12 @@ USAGE_ERRORS = _click_errors("UsageError")
 ABORTS: tuple[type[BaseException], ...] = (typer.Abort, *_click_errors("Abort"))
 
 
+def _error(text: str) -> None:
+    """One line on stderr, whatever the user typed: control characters are shown escaped."""
+    shown = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    print(f"cbam-tui: {shown}", file=sys.stderr)
+
+
 def main() -> None:
     """Console entry point: every failure a user can cause is one line and a non-zero exit."""
     try:
@@ -195,19 +201,19 @@ def main() -> None:
     except USAGE_ERRORS as exc:
         ctx = getattr(exc, "ctx", None)
         hint = f" (see cbam-tui {ctx.info_name} --help)" if ctx is not None and ctx.parent is not None else ""
-        print(f"cbam-tui: error: {exc.format_message()}{hint}", file=sys.stderr)  # type: ignore[attr-defined]
+        _error(f"error: {exc.format_message()}{hint}")  # type: ignore[attr-defined]
         sys.exit(2)
     except ABORTS:
         sys.exit(130)
     except CbamError as exc:
-        print(f"cbam-tui: error: {exc}", file=sys.stderr)
+        _error(f"error: {exc}")
         sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # a bug, not bad input: still one line, and where the details are
         notes = "; ".join(getattr(exc, "__notes__", []))
         where = f" ({notes})" if notes else ""
-        print(f"cbam-tui: internal error: {type(exc).__name__}: {exc}{where}", file=sys.stderr)
+        _error(f"internal error: {type(exc).__name__}: {exc}{where}")
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
