@@ -105,7 +105,7 @@ class Follower:
             self._ended = _ENDS[type(e)]
 
     def _check_owner(self) -> None:
-        watching = can_control(self.run_dir, self._ended)
+        watching = can_control(self.run_dir, self._ended or ("dead" if self._reported_dead else None))
         if watching != self._watching:
             self._watching = watching
             self.emit(Watching(str(self.run_dir), *watching))

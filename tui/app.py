@@ -227,14 +227,21 @@ class CbamApp(App[int]):
         if st.stage == st.num_stages:
             self.push_screen(
                 ConfirmScreen("This is the last stage: end the run now (it is evaluated and saved)?"),
-                lambda yes: self.control.next_stage() if yes else None,
+                lambda yes: self._request("next") if yes else None,
             )
         else:
-            self.control.next_stage()
-            self._note("next stage requested: this epoch ends at the next batch")
+            self._request("next")
 
     def action_save(self) -> None:
         if self.training:
+            self._request("save")
+
+    def _request(self, verb: str) -> None:
+        """Pass a key's request (next, save) on to the run; an attached dashboard sends it instead."""
+        if verb == "next":
+            self.control.next_stage()
+            self._note("next stage requested: this epoch ends at the next batch")
+        else:
             self.control.save()
             self._note("saving a checkpoint at the next batch boundary")
 

@@ -34,7 +34,8 @@ class WatchApp(CbamApp):
         self.run_path = run
         self.origin = f"watch pid {os.getpid()}"
 
-    def _send(self, verb: str) -> None:
+    def _request(self, verb: str) -> None:
+        """Send ``verb`` through the run directory's control channel."""
         watching = self.state.watching
         if watching is None or not watching.can_control:
             self._note(f"cannot {verb}: {watching.detail if watching else 'still reading the run'}")
@@ -47,27 +48,14 @@ class WatchApp(CbamApp):
         self._note(f"{verb} sent: the run takes it at its next batch")
 
     def action_pause(self) -> None:
-        self._send("resume" if self.state.status == PAUSED else "pause")
-
-    def action_next_stage(self) -> None:
-        st = self.state.stage
-        if st is not None and st.stage == st.num_stages:
-            self.push_screen(
-                ConfirmScreen("This is the last stage: end the run now (it is evaluated and saved)?"),
-                lambda yes: self._send("next") if yes else None,
-            )
-        else:
-            self._send("next")
-
-    def action_save(self) -> None:
-        self._send("save")
+        self._request("resume" if self.state.status == PAUSED else "pause")
 
     def action_stop_run(self) -> None:
         self.push_screen(
             ConfirmScreen(
                 "Stop the training run? It saves a checkpoint first; continue it later with cbam-tui run --resume."
             ),
-            lambda yes: self._send("stop") if yes else None,
+            lambda yes: self._request("stop") if yes else None,
         )
 
     def action_help(self) -> None:
