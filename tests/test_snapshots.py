@@ -18,9 +18,13 @@ def scripted_app(tmp_path: Path):
 
 
 async def played(pilot) -> None:
-    while len(pilot.app.state.epochs) < 3:
+    app = pilot.app
+    while len(app.state.epochs) < 3:
         await pilot.pause(0.05)
-    await pilot.pause(REDRAW_S * 3)
+    # Every event drawn, then time for the last redraw to settle on a busy machine.
+    while app._drawn != app.state.version:
+        await pilot.pause(0.05)
+    await pilot.pause(REDRAW_S * 6)
 
 
 @pytest.mark.parametrize("size", SIZES)
