@@ -95,9 +95,11 @@ async def redraw_ms() -> tuple[list[float], list[float]]:
     from tests.conftest import tiny_config
     from tests.scripted import ScriptedTrainer, events
     from tui.app import make_app
+    from tui.links import InProcessLink
     from tui.widgets.curves import EpochCurve, LossCurve
 
-    app = make_app(tiny_config(Path(tempfile.mkdtemp())), trainer_factory=ScriptedTrainer(lambda: events(epochs=50)))
+    script = ScriptedTrainer(lambda: events(epochs=50))
+    app = make_app(InProcessLink(tiny_config(Path(tempfile.mkdtemp())), trainer=script))
     loss, all3 = [], []
     async with app.run_test(size=(100, 30)) as pilot:
         while len(app.state.epochs) < 50:

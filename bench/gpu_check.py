@@ -4,6 +4,8 @@
     python bench/gpu_check.py sync       no host-device sync inside the step loop except at log points
     python bench/gpu_check.py compile    --compile: compile time, and recompiles across the three stages
 
+Several checks in one call run in one process (one import of torch).
+
 Add --dry-run for tiny sizes on any device (the test suite runs it on the CPU).
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import pickle
 import tempfile
 import time
@@ -28,21 +31,31 @@ from core.events import EpochEnded, Event, RunStarted
 from core.plan import PlanOptions, build_plan
 from core.train import Trainer
 
-# Where the Trainer may read a value back from the device: log points, epoch ends,
-# evaluation, checkpoints, setup. A sync anywhere else in the step loop is a defect.
-ALLOWED = {"_log_point", "_flush", "_host_sums", "_evaluate", "_save", "_setup", "_place", "_end_epoch", "_stop"}
+# Where the Trainer may read a value back from the device: log points (the meter's drain
+# and loss window), epoch ends, evaluation, checkpoints, setup. Anywhere else in the step
+# loop a sync is a defect.
+ALLOWED = {"_drain", "drain", "take_window", "host", "_evaluate", "_save", "prepare", "_place", "_end_epoch", "_stop",
+           "_write_failed"}
 
 
 def fake_cifar(root: Path, train: int, test: int) -> Path:
-    """A cifar-10-batches-py of random images, written in torchvision's pickle format."""
+    """A cifar-10-batches-py of random images in torchvision's pickle format. They stand in
+    for CIFAR-10, so their checksums stand in for the published ones in this process."""
+    from torchvision.datasets import CIFAR10
+
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     sizes = [train // 5 + (1 if i < train % 5 else 0) for i in range(5)]
-    for name, n in [*((f"data_batch_{i + 1}", sizes[i]) for i in range(5)), ("test_batch", test)]:
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(n)]}
-        with (folder / name).open("wb") as f:
-            pickle.dump(batch, f)
+    names = [*(f"data_batch_{i + 1}" for i in range(5)), "test_batch"]
+    for name, n in zip(names, [*sizes, test], strict=True):
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": [i % 10 for i in range(n)]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [str(i) for i in range(10)]}))
+    md5 = {n: hashlib.md5((folder / n).read_bytes()).hexdigest() for n in [*names, "batches.meta"]}
+    CIFAR10.train_list = [[n, md5[n]] for n in names[:5]]
+    CIFAR10.test_list = [["test_batch", md5["test_batch"]]]
+    CIFAR10.meta = {**CIFAR10.meta, "md5": md5["batches.meta"]}
     return root
 
 
@@ -152,14 +165,24 @@ def compile_check(args: argparse.Namespace, work: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("check", choices=("epoch", "sync", "compile"))
+    parser.add_argument("checks", nargs="+", choices=tuple(CHECKS), help="run in this order, in one process")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        {"epoch": epoch, "sync": sync, "compile": compile_check}[args.check](args, Path(tmp))
+    for name in args.checks:
+        heading, check = CHECKS[name]
+        print(heading, flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            check(args, Path(tmp))
     return 0
+
+
+CHECKS = {
+    "epoch": ("== 2. one CIFAR-10-sized epoch", epoch),
+    "sync": ("== 3. host-device syncs in the step loop", sync),
+    "compile": ("== 4. torch.compile across the stages", compile_check),
+}
 
 
 if __name__ == "__main__":

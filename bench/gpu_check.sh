@@ -52,10 +52,5 @@ if [ -n "$DRY" ]; then
 else
     $PY bench/train_step.py "${STEP_ARGS[@]}" --batch-size 512 --repeats 1 --warmup 5 --steps 15
 fi
-echo "== 2. one CIFAR-10-sized epoch"
-$PY bench/gpu_check.py epoch --device "$DEVICE" $DRY
-echo "== 3. host-device syncs in the step loop"
-$PY bench/gpu_check.py sync --device "$DEVICE" $DRY
-echo "== 4. torch.compile across the stages"
-$PY bench/gpu_check.py compile --device "$DEVICE" $DRY
+$PY bench/gpu_check.py epoch sync compile --device "$DEVICE" $DRY
 echo "== done"

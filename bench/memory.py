@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from core.channel import send, wait_taken
+from core.rundir import Command, send, wait_taken
 
 
 def events(run: Path) -> list[dict]:
@@ -45,7 +45,7 @@ def wait_for(run: Path, child: subprocess.Popen, done, what: str, timeout: float
     deadline = time.monotonic() + timeout
     while not done(events(run)):
         if child.poll() is not None:
-            raise SystemExit(f"the run ended before {what}; see {run / 'train.log'}")
+            raise SystemExit(f"the run ended before {what}; see its output")
         if time.monotonic() > deadline:
             raise SystemExit(f"no {what} within {timeout:.0f} s")
         time.sleep(0.5)
@@ -58,9 +58,9 @@ def one_run(data: Path, cache: Path, work: Path, batches: int) -> tuple[float, f
         sys.executable, "-m", "tui.cli", "run", "--dataset", "imagefolder", "--data-dir", str(data),
         "--weights", "none", "--headless", "--log-every", "5", "--run-dir", str(run), "--cache-dir", str(cache),
     ]
-    run.mkdir(parents=True)
+    log_path = work / f"{run.name}.log"
     t0 = time.monotonic()
-    with (run / "train.log").open("w") as log:
+    with log_path.open("w") as log:
         child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
     def logged(stage: int, n: int):
@@ -69,14 +69,14 @@ def one_run(data: Path, cache: Path, work: Path, batches: int) -> tuple[float, f
     wait_for(run, child, logged(1, 1), "a first loss line")
     first = time.monotonic() - t0
     wait_for(run, child, logged(1, max(batches // 5, 1)), f"{batches} batches")
-    wait_taken(send(run, "next", "bench"), 300)
+    wait_taken(run, send(run, Command("next"), "bench"), 300)
     wait_for(run, child, lambda evs: any(e["event"] == "epoch_ended" for e in evs), "the evaluation")
     wait_for(run, child, logged(2, 1), "stage 2")
-    wait_taken(send(run, "stop", "bench"), 300)
+    wait_taken(run, send(run, Command("stop"), "bench"), 300)
     _, status, usage = os.wait4(child.pid, 0)
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
-        raise SystemExit(f"the run exited {child.returncode}; see {run / 'train.log'}")
+        raise SystemExit(f"the run exited {child.returncode}; see {log_path}")
     test = next(e for e in events(run) if e["event"] == "run_started")
     print(f"  {test['train_size']:,} train + {test['test_size']:,} test images; first loss line after {first:.1f} s")
     return usage.ru_maxrss / 1024**2, first

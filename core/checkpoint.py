@@ -1,15 +1,30 @@
-"""Checkpoints: what a run needs to continue exactly where it stopped."""
+"""Checkpoints: what a run needs to continue exactly where it stopped.
+
+A checkpoint is a plain ``torch.save`` dict (tensors and plain data, loaded with
+``weights_only=True``) that carries a SHA-256 digest of its own content: a
+flipped byte anywhere in a tensor is one sentence on load, never a silently
+different run. Its config is validated like typed options before anything uses it.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.errors import CheckpointError, WeightsError
+from core.config import RunConfig
+from core.errors import CbamError, CheckpointError
+from core.events import BadEvent, EpochEnded, from_dict
+from core.rundir import check_entries, checkpoint_in, has_checkpoint, home_of_checkpoint, open_run
+from core.safefs import Dir, UnsafeFile
 
 FORMAT = "cbam-tui"
 ARCH = "resnet18-cbam"
+VERSION = 2
+MAX_BYTES = 16 << 30
 
 
 @dataclass(frozen=True)
@@ -27,35 +42,169 @@ class Position:
 
 
 def find_checkpoint(path: Path) -> Path:
-    """A checkpoint file, or a run directory's checkpoints/last.pt."""
+    """A checkpoint file, or a run directory's last checkpoint."""
     if not path.exists():
         raise CheckpointError(f"nothing to resume at {path}: no such run directory or checkpoint")
     if path.is_dir():
-        last = path / "checkpoints" / "last.pt"
-        if not last.is_file():
-            raise CheckpointError(f"{path} has no checkpoint to resume from (expected {last})")
-        return last
+        with open_run(path) as run:
+            check_entries(run)  # a planted link is named, not followed
+            if not has_checkpoint(run):
+                raise CheckpointError(f"{path} has no checkpoint to resume from (expected {checkpoint_in(path)})")
+        return checkpoint_in(path)
     return path
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    from core.model import load_state_file
+def run_dir_of(checkpoint: Path) -> Path | None:
+    """The run directory a checkpoint was saved in, if it still is one."""
+    return home_of_checkpoint(checkpoint)
+
+
+# --- the digest ----------------------------------------------------------------------
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 over a checkpoint's content in a canonical order: tensors by dtype, shape
+    and bytes, containers by structure, scalars by value."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h: Any, obj: Any) -> None:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)}:".encode())
+        h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}:".encode())
+        for key in sorted(obj, key=repr):
+            _feed(h, key)
+            _feed(h, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}:".encode())
+        for item in obj:
+            _feed(h, item)
+    elif obj is None or isinstance(obj, (str, int, float, bool)):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    else:
+        raise TypeError(f"a checkpoint holds no {type(obj).__name__}")
+
+
+def serialize(state: dict[str, Any]) -> bytes:
+    """The checkpoint's bytes, its digest inside."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({**state, "digest": digest(state)}, buf)
+    return buf.getvalue()
+
+
+# --- loading, as untrusted input -----------------------------------------------------
+
+
+def read_bytes(path: Path) -> bytes:
+    """A checkpoint file's bytes; only a regular file (a link in its last component is refused)."""
+    try:
+        with Dir.open(path.parent, follow=True) as parent:
+            data = parent.read(path.name, MAX_BYTES)
+    except UnsafeFile as exc:
+        raise CheckpointError(f"cannot resume from {path}: {exc}") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    if data is None:
+        raise CheckpointError(f"nothing to resume at {path}: no such run directory or checkpoint")
+    return data
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A checkpoint whose digest matches and whose every field has the right form."""
+    import torch
 
     try:
-        ckpt = load_state_file(path)
-    except WeightsError as exc:
-        raise CheckpointError(str(exc).replace("weights file", "checkpoint")) from None
+        ckpt = torch.load(io.BytesIO(read_bytes(path)), map_location="cpu", weights_only=True)
+    except CbamError:
+        raise
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read {path} as a checkpoint ({reason[:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cbam-tui checkpoint (use --weights to start from plain weights)")
     if ckpt.get("arch") != ARCH:
-        raise CheckpointError(f"{path} is a checkpoint of architecture {ckpt.get('arch')!r}, not {ARCH!r}")
-    missing = [k for k in ("model", "optimizer", "config", "position", "classes") if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path} is an incomplete checkpoint (no {missing[0]!r})")
+        raise CheckpointError(f"{path} is a checkpoint of architecture {str(ckpt.get('arch'))[:40]!r}, not {ARCH!r}")
+    if ckpt.get("version") != VERSION:
+        version = str(ckpt.get("version"))[:10]
+        raise CheckpointError(f"{path} is a checkpoint of format version {version}, not {VERSION}")
+    stored = ckpt.pop("digest", None)
+    try:
+        actual = digest(ckpt)
+    except TypeError as exc:
+        raise CheckpointError(f"{path} is damaged: {exc}") from None
+    if stored != actual:
+        raise CheckpointError(
+            f"{path} is damaged: its content does not match its digest (a flipped byte or a cut write); "
+            "resume from another checkpoint, such as checkpoints/best.pt"
+        )
+    _check_fields(ckpt, path)
     return ckpt
 
 
-def run_dir_of(checkpoint: Path) -> Path | None:
-    """The run directory a checkpoint was saved in, if it is still there."""
-    candidate = checkpoint.resolve().parent.parent
-    return candidate if (candidate / "events.jsonl").is_file() else None
+def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
+    import torch
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path} is not a usable checkpoint: {what}")
+
+    for key in ("model", "optimizer", "config", "classes", "position", "sums", "history", "rng"):
+        if key not in ckpt:
+            raise bad(f"it has no {key!r}")
+    model = ckpt["model"]
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise bad("its model is not a state dict")
+    classes = ckpt["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise bad("its class names are not a list of strings")
+    pos = ckpt["position"]
+    if not isinstance(pos, dict) or not all(_is_int(pos.get(k)) and pos[k] >= 0 for k in ("stage", "epoch", "batch")):
+        raise bad("its position is not a stage, epoch and batch")
+    if not isinstance(pos.get("trained"), bool):
+        raise bad("its position does not say whether the epoch was trained")
+    sums = ckpt["sums"]
+    if not (isinstance(sums, dict) and _is_num(sums.get("loss_sum")) and _is_int(sums.get("correct"))
+            and _is_int(sums.get("seen"))):
+        raise bad("its running sums are malformed")
+    for key in ("best_acc",):
+        if not _is_num(ckpt.get(key)):
+            raise bad(f"its {key} is not a number")
+    for key in ("best_epoch", "global_step", "optimizer_stage"):
+        if not _is_int(ckpt.get(key)):
+            raise bad(f"its {key} is not a whole number")
+    if not isinstance(ckpt["rng"], torch.Tensor) or ckpt["rng"].dtype != torch.uint8:
+        raise bad("its random state is not a byte tensor")
+    if not isinstance(ckpt["history"], list):
+        raise bad("its history is not a list")
+    try:
+        ckpt["history"] = [_epoch(e) for e in ckpt["history"]]
+    except BadEvent as exc:
+        raise bad(f"its history holds a bad epoch ({exc})") from None
+    try:
+        ckpt["config"] = RunConfig.from_dict(ckpt["config"], f"the configuration in {path}")
+    except CbamError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def _epoch(data: object) -> EpochEnded:
+    event = from_dict(data)
+    if not isinstance(event, EpochEnded):
+        raise BadEvent("not an epoch_ended record")
+    return event
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+

@@ -1,4 +1,9 @@
-"""RunConfig: everything a run is started with, resolved and validated up front."""
+"""RunConfig: everything a run is started with, resolved and validated up front.
+
+The same `validate` runs on options typed at the command line, on a detached
+child's config.json and on the config inside a checkpoint given to --resume:
+what comes from a file is input, not trust.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import ConfigError
+from core.errors import ConfigError, PlanError
 from core.plan import Plan, default_plan
 
 DATASETS = ("cifar10", "imagefolder", "synthetic")
 AUGMENTS = ("seed", "flip-crop", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ON_NONFINITE = ("pause", "stop")
+MAX_BATCH = 1 << 16
+MAX_SEED = (1 << 63) - 1
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -32,7 +40,7 @@ class RunConfig:
     weights: str = "imagenet"
     plan: Plan = field(default_factory=default_plan)
     # loop
-    batch_size: int = 64
+    batch_size: int = 64  # per process
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
@@ -44,6 +52,7 @@ class RunConfig:
     runs_root: str = "runs"
     run_dir: str | None = None
     resume: str | None = None
+    group_control: bool = False  # the run directory's group may read it and send commands
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -51,45 +60,80 @@ class RunConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        kwargs["plan"] = Plan.from_dict(data["plan"])
-        return cls(**kwargs)
+    def from_dict(cls, data: object, where: str = "the saved configuration") -> RunConfig:
+        """A config read back from a file: every field type-checked, then `validate`d."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where} is not a run configuration")
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "plan" or f.name not in data:
+                continue
+            value = data[f.name]
+            if not _fits(value, f.type):
+                raise ConfigError(f"{where}: {f.name} is {type(value).__name__} {str(value)[:40]!r}, not {f.type}")
+            kwargs[f.name] = value
+        try:
+            kwargs["plan"] = Plan.from_dict(data.get("plan"), f"{where}'s plan")
+        except PlanError as exc:
+            raise ConfigError(str(exc)) from None
+        config = cls(**kwargs)
+        validate(config, resuming=True)
+        return config
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
 
-def validate(config: RunConfig) -> None:
-    """Raise ConfigError (one sentence) for values that cannot work."""
+def _fits(value: object, declared: object) -> bool:
+    kinds = {"str": str, "int": int, "bool": bool}
+    text = str(declared)
+    optional = text.endswith(" | None")
+    base = kinds[text.removesuffix(" | None")]
+    if value is None:
+        return optional
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, base)
+
+
+def validate(config: RunConfig, resuming: bool = False) -> None:
+    """Raise ConfigError (one sentence) for values that cannot work. ``resuming``: the
+    weights came from the checkpoint, so the file the run started from may be gone."""
     if config.dataset not in DATASETS:
         raise ConfigError(f"unknown data set {config.dataset!r}: choose one of {', '.join(DATASETS)}")
     if config.augment not in AUGMENTS:
         raise ConfigError(f"unknown --augment {config.augment!r}: choose one of {', '.join(AUGMENTS)}")
     if config.precision not in PRECISIONS:
         raise ConfigError(f"unknown --precision {config.precision!r}: choose one of {', '.join(PRECISIONS)}")
-    for flag, value, low in (
-        ("--batch-size", config.batch_size, 1),
-        ("--log-every", config.log_every, 1),
-        ("--image-size", config.image_size, 8),
-        ("--limit-train", config.limit_train, 1),
-        ("--limit-test", config.limit_test, 1),
+    for flag, value, low, high in (
+        ("--batch-size", config.batch_size, 1, MAX_BATCH),
+        ("--log-every", config.log_every, 1, 1 << 30),
+        ("--image-size", config.image_size, 8, 512),
+        ("--limit-train", config.limit_train, 2, 1 << 40),
+        ("--limit-test", config.limit_test, 1, 1 << 40),
+        ("--seed", config.seed, 0, MAX_SEED),
     ):
         if value is not None and value < low:
             raise ConfigError(f"{flag} must be at least {low}, not {value}")
-    if config.image_size > 512:
-        raise ConfigError(f"--image-size must be at most 512, not {config.image_size}")
-    if not config.data_dir.strip():
-        raise ConfigError("--data-dir must not be empty")
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", config.name):
-        raise ConfigError(f"--name must be letters, digits, '.', '_' or '-', not {config.name!r}")
+        if value is not None and value > high:
+            raise ConfigError(f"{flag} must be at most {high}, not {value}")
+    for flag, text in (("--data-dir", config.data_dir), ("--runs-root", config.runs_root)):
+        if not text.strip() or "\0" in text:
+            raise ConfigError(f"{flag} must be a path, not {text!r}")
+    for flag, maybe in (("--run-dir", config.run_dir), ("--cache-dir", config.cache_dir), ("--resume", config.resume)):
+        if maybe is not None and (not maybe.strip() or "\0" in maybe):
+            raise ConfigError(f"{flag} must be a path, not {maybe!r}")
+    if not _NAME.fullmatch(config.name) or set(config.name) == {"."}:
+        raise ConfigError(
+            f"--name must be one path component of letters, digits, '.', '_' or '-' (at most 100), not {config.name!r}"
+        )
     if config.on_nonfinite not in ON_NONFINITE:
         raise ConfigError(f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}")
     parse_device(config.device)
     check_data_location(config)
-    if config.weights not in ("imagenet", "none") and not Path(config.weights).exists():
-        raise ConfigError(f"weights file {config.weights} does not exist (or use --weights imagenet or none)")
+    if not resuming and config.weights not in ("imagenet", "none") and not Path(config.weights).is_file():
+        what = "is a directory" if Path(config.weights).is_dir() else "does not exist"
+        raise ConfigError(f"weights file {config.weights} {what} (or use --weights imagenet or none)")
 
 
 def check_data_location(config: RunConfig) -> None:
@@ -111,6 +155,23 @@ def check_data_location(config: RunConfig) -> None:
 
 def parse_device(text: str) -> str:
     """Check the form of a device name: auto, cpu, mps, cuda or cuda:N."""
-    if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+    if re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", text):
         return text
     raise ConfigError(f"unknown --device {text!r}: use auto, cpu, cuda, cuda:N or mps")
+
+
+# What a resume may change: where and how fast it runs, never what it trains. A lone
+# checkpoint (outside any run directory) starts a new run directory: runs_root and
+# run_dir say where.
+RESUMABLE = (
+    "download", "cache_dir", "device", "precision", "compile", "log_every", "on_nonfinite",
+    "runs_root", "run_dir", "group_control",
+)
+
+
+def merge_resume(saved: RunConfig, given: RunConfig, checkpoint: str) -> RunConfig:
+    """The saved run with what this invocation may change about it."""
+    changes = {name: getattr(given, name) for name in RESUMABLE}
+    if given.cache_dir is None:
+        changes["cache_dir"] = saved.cache_dir
+    return saved.replace(**changes, resume=checkpoint)

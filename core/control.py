@@ -1,16 +1,15 @@
 """Thread-safe steering of a running Trainer: pause, resume, next stage, save, stop.
 
-Any thread (the UI, a signal handler, a control channel) calls the verbs; the
-trainer polls at batch boundaries, so nothing here ever blocks the caller.
+Any thread (the UI, a signal handler, the run directory's inbox) calls the
+verbs; the trainer takes them at batch boundaries, so nothing here ever blocks
+the caller. Stopping takes a `StopReason`, whose exit code the CLI returns.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
-from collections.abc import Callable
-from types import FrameType
+
+from core.rundir import Command, StopReason
 
 
 class Control:
@@ -20,24 +19,31 @@ class Control:
         self._paused = False
         self._next_stage = False
         self._save = False
-        self._stop_reason: str | None = None
+        self._stop: StopReason | None = None
 
     # --- verbs, for any thread -------------------------------------------
+    def apply(self, command: Command) -> None:
+        verb = command.verb
+        if verb == "pause":
+            self.pause()
+        elif verb == "resume":
+            self.resume()
+        elif verb == "next":
+            self.next_stage()
+        elif verb == "save":
+            self.save()
+        else:
+            self.stop(StopReason.COMMAND)
+
     def pause(self) -> None:
-        with self._lock:
+        with self._wake:
             self._paused = True
+            self._wake.notify_all()
 
     def resume(self) -> None:
         with self._wake:
             self._paused = False
             self._wake.notify_all()
-
-    def toggle_pause(self) -> bool:
-        """Flip pause; returns the new paused state."""
-        with self._wake:
-            self._paused = not self._paused
-            self._wake.notify_all()
-            return self._paused
 
     def next_stage(self) -> None:
         with self._wake:
@@ -49,11 +55,11 @@ class Control:
             self._save = True
             self._wake.notify_all()
 
-    def stop(self, reason: str = "stopped") -> None:
-        """Ask the run to end at the next batch boundary, with a checkpoint."""
+    def stop(self, reason: StopReason) -> None:
+        """Ask the run to end at the next batch boundary, with a checkpoint; the first reason wins."""
         with self._wake:
-            if self._stop_reason is None:
-                self._stop_reason = reason
+            if self._stop is None:
+                self._stop = reason
             self._wake.notify_all()
 
     # --- state, for the trainer -------------------------------------------
@@ -63,9 +69,9 @@ class Control:
             return self._paused
 
     @property
-    def stop_reason(self) -> str | None:
+    def stop_reason(self) -> StopReason | None:
         with self._lock:
-            return self._stop_reason
+            return self._stop
 
     def take_next_stage(self) -> bool:
         with self._lock:
@@ -77,36 +83,8 @@ class Control:
             hit, self._save = self._save, False
             return hit
 
-    def wait_while_paused(self, timeout: float) -> bool:
-        """Block up to ``timeout`` s while paused and nothing else is asked; True if still paused."""
+    def wait(self, timeout: float) -> None:
+        """Block up to ``timeout`` s, or until any verb is called (at once if a request is pending)."""
         with self._wake:
-            if self._paused and not (self._stop_reason or self._save or self._next_stage):
+            if not (self._stop or self._save or self._next_stage):
                 self._wake.wait(timeout)
-            return self._paused
-
-
-SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
-
-
-def stop_on_signals(control: Control) -> Callable[[], None]:
-    """Ctrl-C, SIGTERM and SIGHUP (SSH dropped) stop the run with a checkpoint at the
-    next batch boundary; a second one exits at once (atomic writes keep the last
-    complete checkpoint whole). Returns a function that restores the old handlers.
-    """
-    received = 0
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        nonlocal received
-        received += 1
-        if received > 1:
-            os._exit(128 + signum)
-        control.stop(signal.Signals(signum).name)
-
-    wanted = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
-    previous = {sig: signal.signal(sig, handler) for sig in wanted}
-
-    def restore() -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    return restore

@@ -8,12 +8,12 @@ device and every batch is an index into it (no DataLoader, no PIL in the loop).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import pickle
 import tarfile
 import urllib.error
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,8 @@ SYNTHETIC_CLASSES = (
     "disk", "square", "triangle", "ring", "plus", "cross", "hbar", "vbar", "diamond", "frame",
 )
 SYNTHETIC_SIZES = (5000, 1000)  # train, test
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+MAX_CACHE_BYTES = 64 << 30
 
 Progress = Callable[[str, int, int], None]  # message, done, total
 
@@ -86,8 +87,11 @@ def load_data(spec: DataSpec, progress: Progress | None = None) -> Dataset:
         data.test.images = _resize(data.test.images, spec.image_size)
     data.train = limit(data.train, spec.limit_train, len(data.classes), spec.seed)
     data.test = limit(data.test, spec.limit_test, len(data.classes), spec.seed)
-    if len(data.train) == 0 or len(data.test) == 0:
-        raise DataError(f"the {spec.dataset} data set has no {'training' if not len(data.train) else 'test'} images")
+    if len(data.train) < 2 or len(data.test) == 0:
+        raise DataError(
+            f"the {spec.dataset} data set has {len(data.train)} training and {len(data.test)} test images; "
+            "a run needs at least 2 and 1"
+        )
     return data
 
 
@@ -116,33 +120,51 @@ def limit(split: Split, n: int | None, num_classes: int, seed: int) -> Split:
 # --- CIFAR-10 ------------------------------------------------------------------
 
 CIFAR_DIR = "cifar-10-batches-py"
-CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
 
 
 def _cifar10(root: Path, download: bool, report: Progress) -> Dataset:
+    """CIFAR-10 through torchvision, which checks every file against its published MD5
+    before unpickling it: a planted or damaged batch file is refused, never loaded."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
     folder = root / CIFAR_DIR
-    if not _cifar_present(folder):
-        archive = root / "cifar-10-python.tar.gz"
+    if not all((folder / name).is_file() for name in CIFAR_FILES):
+        archive = root / CIFAR_ARCHIVE
         if archive.is_file():
-            report("extracting CIFAR-10", 0, 1)
+            report("checking and extracting CIFAR-10", 0, 1)
+            if not check_integrity(str(archive), CIFAR10.tgz_md5):
+                raise DataError(
+                    f"{archive} does not match CIFAR-10's published checksum (damaged or cut short): "
+                    "delete it to download it again"
+                )
             _extract(archive, root)
         elif download:
             _download_cifar(root, report)
         else:
             raise DataError(
-                f"CIFAR-10 is not in {root} (expected {folder}/ or cifar-10-python.tar.gz): "
+                f"CIFAR-10 is not in {root} (expected {folder}/ or {CIFAR_ARCHIVE}): "
                 "drop --no-download to fetch it (170 MB), or use --dataset imagefolder"
             )
-    report("reading CIFAR-10", 0, 2)
-    train = _cifar_batches(folder, CIFAR_TRAIN)
-    report("reading CIFAR-10", 1, 2)
-    test = _cifar_batches(folder, ("test_batch",))
-    report("reading CIFAR-10", 2, 2)
-    return Dataset("cifar10", train, test, CIFAR10_CLASSES)
+    report("checking and reading CIFAR-10", 0, 2)
+    try:
+        train = CIFAR10(str(root), train=True, download=False)
+        report("checking and reading CIFAR-10", 1, 2)
+        test = CIFAR10(str(root), train=False, download=False)
+    except RuntimeError:
+        raise DataError(
+            f"the CIFAR-10 files in {folder} do not match their published checksums (damaged, cut short "
+            f"or not CIFAR-10): delete {folder} to fetch it again"
+        ) from None
+    report("checking and reading CIFAR-10", 2, 2)
+    return Dataset("cifar10", _from_hwc(train.data, train.targets), _from_hwc(test.data, test.targets), CIFAR10_CLASSES)
 
 
-def _cifar_present(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in (*CIFAR_TRAIN, "test_batch"))
+def _from_hwc(data: np.ndarray, targets: list[int]) -> Split:
+    images = torch.from_numpy(np.ascontiguousarray(data.transpose(0, 3, 1, 2)))
+    return Split(images, torch.tensor(targets, dtype=torch.int64))
 
 
 def _extract(archive: Path, root: Path) -> None:
@@ -163,26 +185,9 @@ def _download_cifar(root: Path, report: Progress) -> None:
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, RuntimeError) as exc:
         reason = str(getattr(exc, "reason", None) or exc).strip().splitlines()[0]
         raise DataError(
-            f"cannot download CIFAR-10 into {root} ({reason}): put cifar-10-python.tar.gz or the "
+            f"cannot download CIFAR-10 into {root} ({reason}): put {CIFAR_ARCHIVE} or the "
             f"extracted {CIFAR_DIR}/ there, or use --dataset imagefolder or --dataset synthetic"
         ) from None
-
-
-def _cifar_batches(folder: Path, names: tuple[str, ...]) -> Split:
-    images, labels = [], []
-    for name in names:
-        path = folder / name
-        try:
-            with path.open("rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            labels.append(torch.as_tensor(np.asarray(batch[b"labels"], dtype=np.int64)))
-        except Exception as exc:
-            raise DataError(
-                f"{path} is not a readable CIFAR-10 batch ({type(exc).__name__}); delete it to fetch it again"
-            ) from None
-        images.append(torch.from_numpy(data.copy()))
-    return Split(torch.cat(images), torch.cat(labels))
 
 
 # --- image folders -----------------------------------------------------------
@@ -242,21 +247,17 @@ def _cached_split(
         raise DataError(f"{split_dir} has no image files in its class folders")
     key = _cache_key(split_dir, classes, size, files)
     name = hashlib.sha256(f"{split_dir.resolve()}|{size}".encode()).hexdigest()[:20]
-    cache = cache_dir / f"{split_dir.name}-{name}.pt"
-    hit = _read_cache(cache, key, len(classes))
-    if hit is not None:
+    cache = f"{split_dir.name}-{name}.pt"
+    hit = _read_cache(cache_dir, cache, key, len(classes))
+    if isinstance(hit, tuple):
         report(f"loaded {split_dir.name} from cache", 1, 1)
         return hit
+    if hit == "damaged":
+        report(f"the decode cache of {split_dir.name} is damaged; decoding again", 0, 0)
     split, skipped = _decode(files, size, f"decoding {split_dir.name} images", report)
     if len(split) == 0:
         raise DataError(f"{split_dir} has no readable images ({skipped} files skipped)")
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}")
-        torch.save({"key": key, "images": split.images, "labels": split.labels, "skipped": skipped}, tmp)
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # no cache is slower, not wrong
+    _write_cache(cache_dir, cache, {"key": key, "images": split.images, "labels": split.labels, "skipped": skipped})
     return split, skipped
 
 
@@ -269,22 +270,52 @@ def _cache_key(split_dir: Path, classes: tuple[str, ...], size: int, files: list
     return h.hexdigest()
 
 
-def _read_cache(cache: Path, key: str, num_classes: int) -> tuple[Split, int] | None:
-    """The cached split if it is whole and for exactly these files; else None (rebuild)."""
+def _write_cache(cache_dir: Path, name: str, content: dict[str, object]) -> None:
+    """Best effort: a full or read-only cache disk means a slower next start, not a failed run."""
+    from core.checkpoint import digest
+    from core.safefs import Dir
+
+    buf = io.BytesIO()
+    torch.save({**content, "digest": digest(content)}, buf)
     try:
-        obj = torch.load(cache, map_location="cpu", weights_only=True)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with Dir.open(cache_dir, follow=True) as folder:
+            folder.write_atomic(name, buf.getbuffer(), durable=False)
+    except OSError:
+        pass
+
+
+def _read_cache(cache_dir: Path, name: str, key: str, num_classes: int) -> tuple[Split, int] | str | None:
+    """The cached split if it is whole and for exactly these files; None when there is
+    none for them, "damaged" when its bytes do not match its digest (rebuilt, never used)."""
+    from core.checkpoint import digest
+    from core.safefs import Dir
+
+    try:
+        with Dir.open(cache_dir, follow=True) as folder:
+            raw = folder.read(name, MAX_CACHE_BYTES)
+        if raw is None:
+            return None
+        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception:
+        return "damaged" if (cache_dir / name).exists() else None
+    if not isinstance(obj, dict) or obj.get("key") != key:
+        return None  # another file list or size: stale, not damaged
+    stored = obj.pop("digest", None)
+    try:
+        if stored != digest(obj):
+            return "damaged"
         images, labels = obj["images"], obj["labels"]
         ok = (
-            obj["key"] == key
-            and images.dtype == torch.uint8
-            and images.dim() == 4
-            and labels.dtype == torch.int64
+            isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)
+            and images.dtype == torch.uint8 and images.dim() == 4 and labels.dtype == torch.int64
             and len(images) == len(labels)
-            and (len(labels) == 0 or int(labels.max()) < num_classes)
+            and (len(labels) == 0 or 0 <= int(labels.min()) <= int(labels.max()) < num_classes)
+            and isinstance(obj["skipped"], int)
         )
-        return (Split(images, labels), int(obj["skipped"])) if ok else None
-    except Exception:
-        return None
+    except (KeyError, TypeError, RuntimeError):
+        return "damaged"
+    return (Split(images, labels), int(obj["skipped"])) if ok else "damaged"
 
 
 def _decode_one(path: Path, size: int) -> np.ndarray | None:
@@ -368,7 +399,18 @@ def epoch_generator(seed: int, epoch: int, batch: int | None, device: torch.devi
     return torch.Generator(device=device).manual_seed(mix % (2**63 - 1))
 
 
-def batch_indices(n: int, batch_size: int, seed: int, epoch: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """The epoch's shuffled batches of indices; the last, smaller batch is kept."""
+def batch_indices(n: int, batch_size: int, seed: int, epoch: int, device: torch.device) -> list[torch.Tensor]:
+    """The epoch's shuffled batches of indices. The last, smaller batch is kept, except
+    that a last batch of one image joins the one before it: BatchNorm in train mode
+    needs two values per channel, and a run must be able to reach its end."""
     perm = torch.randperm(n, generator=epoch_generator(seed, epoch, None, device), device=device)
-    yield from torch.split(perm, batch_size)
+    chunks = list(torch.split(perm, batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks[-2:] = [torch.cat(chunks[-2:])]
+    return chunks
+
+
+def count_batches(n: int, batch_size: int) -> int:
+    """How many batches `batch_indices` cuts ``n`` images into."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)

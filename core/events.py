@@ -1,16 +1,28 @@
 """The event stream: the only thing a consumer (headless reporter, run directory,
-dashboard) ever sees of a run. Events hold plain ints, floats, strings, tuples
-and JSON-able dicts, never tensors, and each serialises to one JSON object.
+dashboard) ever sees of a run. Events hold plain ints, floats, strings, tuples,
+small frozen dataclasses and JSON-able dicts, never tensors, and each
+serialises to one JSON object.
+
+Reading one back (`from_dict`) treats the JSON as untrusted input: every field
+is checked against its declared type, strings lose their control characters,
+and anything that does not fit is a `BadEvent`, never a crash further on.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 _REGISTRY: dict[str, type[Event]] = {}
+MAX_TEXT = 4096  # characters of any one string read back
+
+
+class BadEvent(ValueError):
+    """A JSON object that is not a valid event of this version."""
 
 
 @dataclass(frozen=True)
@@ -29,22 +41,86 @@ class Event:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
 
-def from_dict(data: dict[str, Any]) -> Event:
-    """Rebuild an event from its JSON form (lists become tuples again)."""
-    cls = _REGISTRY[data["event"]]
+def from_dict(data: object) -> Event:
+    """Rebuild an event from its JSON form; BadEvent says why it cannot be one."""
+    if not isinstance(data, dict):
+        raise BadEvent("not a JSON object")
+    kind = data.get("event")
+    cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise BadEvent(f"unknown event {str(kind)[:40]!r}")
+    return typing.cast(Event, _build(cls, data, cls.kind))
+
+
+def from_json(line: str | bytes) -> Event:
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise BadEvent(f"not JSON ({exc.__class__.__name__})") from None
+    return from_dict(data)
+
+
+def clean_text(text: str) -> str:
+    """Control characters shown escaped, so a hostile string cannot drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> object:
+    hints = _hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
-            kwargs[f.name] = _tuples(data[f.name])
-    if cls is StageStarted:
-        kwargs["modules"] = tuple(ModuleState(**m) for m in data["modules"])
+            kwargs[f.name] = _check(data[f.name], hints[f.name], f"{where}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise BadEvent(f"{where} lacks {f.name!r}")
     return cls(**kwargs)
 
 
-def _tuples(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    return value
+def _check(value: Any, tp: Any, where: str) -> Any:
+    if tp is Any:
+        return value
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check(value, inner[0], where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return clean_text(value[:MAX_TEXT])
+    elif origin is tuple and isinstance(value, (list, tuple)):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check(v, args[0], where) for v in value)
+        if len(args) == len(value):
+            return tuple(_check(v, a, where) for v, a in zip(value, args, strict=True))
+    elif origin is dict and isinstance(value, dict):
+        return value
+    elif dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return _build(typing.cast(type, tp), value, where)
+    raise BadEvent(f"{where} is not a valid {getattr(tp, '__name__', tp)}")
+
+
+# --- plain records carried by events --------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -59,6 +135,21 @@ class ModuleState:
     params: int
     bn_mode: str | None  # "train"/"eval" for modules holding BatchNorm, else None
     new: bool  # not from the pretrained weights
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One row of the torchinfo-style model tree."""
+
+    path: str  # "" for the root, else the dotted module path
+    type: str
+    depth: int  # 0 for the root
+    output_shape: tuple[int, ...]  # () when the module is not called in forward
+    params: int  # all parameters under this module (recursive, as torchinfo counts)
+    is_cbam: bool  # a CBAM block or inside one
+
+
+# --- the events ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -82,20 +173,23 @@ class RunStarted(Event):
     train_size: int
     test_size: int
     classes: tuple[str, ...]
-    batch_size: int
+    batch_size: int  # per process
     batches_per_epoch: int
     total_epochs: int
     stages: tuple[tuple[str, int], ...]  # (name, epochs)
     plan_label: str
     frozen_bn: str
+    moments: str  # optimizer state at a stage switch: "fresh" or "keep"
     total_params: int
-    model_rows: tuple[tuple[Any, ...], ...]  # core.summary.Row as tuples
+    model_rows: tuple[LayerRow, ...]
     config: dict[str, Any]
+    skipped_files: int = 0  # unreadable image files left out
     resumed_from: str | None = None
     start_stage: int = 1
     start_epoch: int = 1
     start_batch: int = 0
     global_step: int = 0  # iterations already done (resume)
+    world_size: int = 1  # training processes; the global batch is batch_size x world_size
 
 
 @dataclass(frozen=True)
@@ -112,6 +206,8 @@ class StageStarted(Event):
     trainable_params: int
     total_params: int
     global_step: int
+    kept_moments: int = 0  # parameters whose Adam moments carried over from the last stage
+    row_trainable: tuple[int, ...] = ()  # trainable parameters under each RunStarted.model_rows row
 
 
 @dataclass(frozen=True)
@@ -124,7 +220,7 @@ class StageSkipped(Event):
 
 @dataclass(frozen=True)
 class BatchLogged(Event):
-    """Every --log-every batches: the seed's per-100-batch line."""
+    """Every --log-every batches (and at an epoch's end): the seed's per-100-batch line."""
 
     kind: ClassVar[str] = "batch_logged"
     stage: int
@@ -132,7 +228,7 @@ class BatchLogged(Event):
     total_epochs: int
     batch: int  # 1-based, within the epoch
     batches: int
-    loss: float  # this batch
+    loss: float  # mean over the batches since the last line
     avg_loss: float  # running mean over the epoch so far
     images_per_second: float
     global_step: int
@@ -182,11 +278,12 @@ class EpochEnded(Event):
 
 @dataclass(frozen=True)
 class CommandTaken(Event):
-    """A command from the run directory's control channel (`ctl`, an attached dashboard)."""
+    """A command from the run directory's inbox (`ctl`, an attached dashboard)."""
 
     kind: ClassVar[str] = "command"
     verb: str  # pause, resume, next, save or stop
     origin: str  # who sent it: "ctl pid 123", "watch pid 456"
+    global_step: int = 0  # the step at whose end it took effect
 
 
 @dataclass(frozen=True)
@@ -205,7 +302,7 @@ class Paused(Event):
     kind: ClassVar[str] = "paused"
     stage: int
     epoch: int
-    batch: int
+    batch: int  # batches done in the epoch
     reason: str  # "user" or why the run paused itself
 
 
@@ -221,7 +318,7 @@ class Resumed(Event):
 class CheckpointSaved(Event):
     kind: ClassVar[str] = "checkpoint_saved"
     path: str
-    reason: str  # "epoch", "best", "save", "stop"
+    reason: str  # "epoch", "best", "save", "stop", "failure"
     stage: int
     epoch: int
     batch: int
@@ -245,14 +342,15 @@ class RunFinished(Event):
 
 @dataclass(frozen=True)
 class RunStopped(Event):
-    """Stopped before the plan's end (stop key, Ctrl-C, SIGTERM, SIGHUP); resumable."""
+    """Stopped before the plan's end; resumable from ``checkpoint`` when there is one."""
 
     kind: ClassVar[str] = "run_stopped"
-    reason: str
+    reason: str  # a core.rundir.StopReason value
     stage: int
     epoch: int
     batch: int
     checkpoint: str | None
+    detail: str = ""  # what happened, when the reason alone does not say
 
 
 @dataclass(frozen=True)

@@ -1,141 +1,136 @@
-"""Following a run through its directory: the engine side of `cbam-tui watch`.
+"""Following a run through its directory: the engine side of `cbam-tui watch` and of
+every dashboard that does not own the run it shows.
 
-A Follower stands in for a Trainer: it replays events.jsonl from the start
-(history, curves, log), then polls it for new lines, and emits each as the
-same Event the trainer emitted. Between log points it passes on the trainer's
-progress.json. It also says, whenever it changes, whether this process can
-steer the run, and reports a run whose process died without a final event.
+A Follower replays events.jsonl from the start (history, curves, log), then waits
+for it to grow (inotify where the kernel has it, else a short poll) and emits each
+new line as the same Event the trainer emitted. Between log points it passes on
+the trainer's progress.json. It says, whenever it changes, whether this process
+can steer the run, and reports a run whose process died without a final event.
 """
 
 from __future__ import annotations
 
-import json
+import ctypes
+import ctypes.util
+import os
+import select
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from core.channel import can_control
-from core.control import Control
-from core.events import (
-    BatchLogged,
-    EpochEnded,
-    Event,
-    Progress,
-    RunFailed,
-    RunFinished,
-    RunStarted,
-    RunStopped,
-    Watching,
-    from_dict,
-)
-from core.runs import EVENTS, owner_alive
+from core.events import Event, RunFailed, Watching
+from core.rundir import EventReader, can_control, checkpoint_in, has_checkpoint, open_run, probe_owner, read_progress
+from core.safefs import Dir
+from core.state import ENDED, RunState
 
-POLL_S = 0.25
+POLL_S = 0.05  # without inotify
+WAIT_S = 0.25  # with inotify: only the stop flag and the owner check need the timeout
 CHECK_OWNER_S = 1.0
-DETACHED = "detached"
-_ENDS = {RunFinished: "finished", RunStopped: "stopped", RunFailed: "failed"}
+GONE = "the training process is gone without a final event (killed?); see train.log or error.log in the run directory"
 
 
 class Follower:
-    def __init__(self, run: Path, emit: Callable[[Event], None], control: Control, poll_s: float = POLL_S) -> None:
-        self.run_dir = run
+    def __init__(self, run: Path, emit: Callable[[Event], None], poll_s: float = POLL_S) -> None:
+        self.path = run
         self.emit = emit
-        self.control = control
         self.poll_s = poll_s
-        self._offset = 0
-        self._partial = b""
-        self._ended: str | None = None  # how the last run segment ended, once its final event is read
-        self._started = False
-        self._where = (0, 0)  # (epoch, batch) the events have reached; older progress is stale
-        self._progress_mtime = 0.0
-        self._checked = 0.0
+        self.state = RunState(keep_losses=False)  # how far the events have come, and how they ended
+        self._stop = threading.Event()
         self._watching: tuple[bool, str] | None = None
         self._reported_dead = False
+        self._progress_at = (0, 0)
 
-    def run(self) -> str:
-        """Follow until the Control says stop (the dashboard is leaving); the run goes on."""
-        while self.control.stop_reason is None:
-            self._drain()
-            now = time.monotonic()
-            if now - self._checked >= CHECK_OWNER_S:
-                self._checked = now
-                self._check_owner()
-            self._progress()
-            time.sleep(self.poll_s)
-        return DETACHED
+    def stop(self) -> None:
+        """Stop following (the dashboard is leaving); the run goes on."""
+        self._stop.set()
 
-    def _drain(self) -> None:
-        for event in self._read_new():
-            self._note(event)
+    def run(self) -> None:
+        with open_run(self.path) as run, _Changes(self.path) as changes:
+            reader = EventReader(run)
+            checked = 0.0
+            while not self._stop.is_set():
+                self._drain(reader)
+                now = time.monotonic()
+                if now - checked >= CHECK_OWNER_S:
+                    checked = now
+                    self._check_owner(run, reader)
+                self._progress(run)
+                changes.wait(WAIT_S if changes.active else self.poll_s)
+
+    def _drain(self, reader: EventReader, final: bool = False) -> None:
+        for event, t in reader.read(final):
+            self.state.apply(event, t)
+            if self.state.started is not None and event is self.state.started:
+                self._reported_dead = False
             self.emit(event)
 
-    def _read_new(self) -> list[Event]:
-        path = self.run_dir / EVENTS
-        try:
-            with path.open("rb") as f:
-                f.seek(self._offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return []  # a detached run still starting
-        if not chunk:
-            return []
-        self._offset += len(chunk)
-        data = self._partial + chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()  # a line still being written
-        events = []
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                events.append(from_dict(json.loads(line)))
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short by a crash, or one this version does not know
-        return events
-
-    def _note(self, e: Event) -> None:
-        if isinstance(e, RunStarted):
-            self._started, self._ended, self._reported_dead = True, None, False
-            self._where = (e.start_epoch, e.start_batch)
-        elif isinstance(e, BatchLogged):
-            self._where = (e.epoch, e.batch)
-        elif isinstance(e, EpochEnded):
-            self._where = (e.epoch + 1, 0)
-        elif type(e) in _ENDS:
-            self._ended = _ENDS[type(e)]
-
-    def _check_owner(self) -> None:
-        watching = can_control(self.run_dir, self._ended or ("dead" if self._reported_dead else None))
+    def _check_owner(self, run: Dir, reader: EventReader) -> None:
+        owner = probe_owner(run)
+        ended = self.state.status.lower() if self.state.status in ENDED else ("died" if self._reported_dead else None)
+        watching = can_control(run, owner, ended)
         if watching != self._watching:
             self._watching = watching
-            self.emit(Watching(str(self.run_dir), *watching))
-        if not self._ended and not self._reported_dead and owner_alive(self.run_dir) is None:
-            self._drain()  # it may have written its final event just before it left
-            if self._ended:
-                self._checked = 0.0  # say at once that it can no longer be steered
-                return
-            self._reported_dead = True
-            last = self.run_dir / "checkpoints" / "last.pt"
-            self.emit(
-                RunFailed(
-                    "the training process is gone without a final event (killed?); see train.log or error.log "
-                    "in the run directory",
-                    str(last) if last.exists() else None,
-                )
-            )
+            self.emit(Watching(str(self.path), *watching))
+        if owner.alive or self._reported_dead or self.state.status in ENDED:
+            return
+        self._drain(reader, final=True)  # it may have written its final event just before it left
+        if self.state.status in ENDED:
+            return
+        self._reported_dead = True
+        self.emit(RunFailed(GONE, str(checkpoint_in(self.path)) if has_checkpoint(run) else None))
 
-    def _progress(self) -> None:
+    def _progress(self, run: Dir) -> None:
         """The batch counter between log points, while the run is live."""
-        if self._ended or not self._started or not (self._watching and self._watching[0]):
+        if self.state.status in ENDED or self.state.started is None or not (self._watching and self._watching[0]):
             return
-        path = self.run_dir / "progress.json"
-        try:
-            mtime = path.stat().st_mtime
-            if mtime == self._progress_mtime:
-                return
-            self._progress_mtime = mtime
-            event = from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, KeyError, TypeError):
+        event = read_progress(run)
+        if event is None:
             return
-        if isinstance(event, Progress) and (event.epoch, event.batch) >= self._where:
+        where = (event.epoch, event.batch)
+        if where > self._progress_at and where >= (self.state.epoch, self.state.batch):
+            self._progress_at = where
             self.emit(event)
+
+
+class _Changes:
+    """Wakes the follower when the run directory changes: inotify on Linux, else a plain timeout."""
+
+    _EVENTS = 0x2 | 0x8 | 0x80 | 0x100  # IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
+
+    def __init__(self, path: Path) -> None:
+        self.fd = -1
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+            if fd >= 0 and libc.inotify_add_watch(fd, os.fsencode(path), self._EVENTS) >= 0:
+                self.fd = fd
+            elif fd >= 0:
+                os.close(fd)
+        except (OSError, AttributeError):
+            self.fd = -1
+
+    @property
+    def active(self) -> bool:
+        return self.fd >= 0
+
+    def wait(self, timeout: float) -> None:
+        if self.fd < 0:
+            time.sleep(timeout)
+            return
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if ready:
+            try:
+                while os.read(self.fd, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def __enter__(self) -> _Changes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+

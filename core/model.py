@@ -18,6 +18,8 @@ from torchvision.models import ResNet, ResNet18_Weights, resnet18
 from core.cbam import CBAM
 from core.errors import WeightsError
 
+MAX_WEIGHTS_BYTES = 16 << 30
+
 
 class ResNet18CBAM(nn.Module):
     """torchvision ResNet18 adapted to 32x32 input, with CBAM after each residual stage."""
@@ -109,13 +111,24 @@ def _reason(exc: BaseException) -> str:
 
 
 def load_state_file(path: Path) -> Any:
-    """torch.load a weights or checkpoint file safely (tensors and plain data only)."""
+    """torch.load a weights or checkpoint file safely: a regular file, tensors and plain data only."""
+    import io
+
+    from core.safefs import Dir, UnsafeFile
+
     if not path.exists():
         raise WeightsError(f"weights file {path} does not exist")
     if path.is_dir():
         raise WeightsError(f"weights path {path} is a directory, not a file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with Dir.open(path.parent, follow=True) as parent:
+            data = parent.read(path.name, MAX_WEIGHTS_BYTES)
+    except UnsafeFile as exc:
+        raise WeightsError(f"cannot use weights {path}: {exc}") from None
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights file {path}: {exc.strerror or exc}") from None
+    try:
+        return torch.load(io.BytesIO(data or b""), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsError(
             f"cannot read {path} as a PyTorch state dict or checkpoint ({_reason(exc)})"
@@ -124,7 +137,14 @@ def load_state_file(path: Path) -> Any:
 
 def _from_file(path: Path, num_classes: int, cbam_ratio: int, cbam_kernel: int) -> ResNet18CBAM:
     obj = load_state_file(path)
-    state = obj.get("model") if isinstance(obj, dict) and obj.get("format") == "cbam-tui" else obj
+    if isinstance(obj, dict) and obj.get("format") == "cbam-tui":
+        from core.checkpoint import digest
+
+        stored = obj.pop("digest", None)
+        if stored is not None and stored != digest(obj):
+            raise WeightsError(f"{path} is damaged: its content does not match its digest")
+        obj = obj.get("model")
+    state = obj
     if not isinstance(state, dict) or not state:
         raise WeightsError(f"{path} holds no state dict")
     if any(str(k).startswith("backbone.") for k in state):

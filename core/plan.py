@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,9 @@ if TYPE_CHECKING:  # torch loads only when a plan is applied to a model
 
 PRESETS = ("default", "seed")
 BN_POLICIES = ("train", "eval")
+MOMENT_POLICIES = ("keep", "fresh")  # Adam state of groups that continue into the next stage
 SEED_EPOCHS = (5, 15, 30)
+MAX_EPOCHS, MAX_STAGES = 100_000, 64
 SEED_LRS = (1e-3, 1e-4, 1e-5)
 # Aliases a plan may name besides the module names in core.model.MODULES.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -57,6 +59,10 @@ class Plan:
     stages: tuple[Stage, ...]
     frozen_bn: str = "train"
     label: str = "default"  # preset name or plan file, for the header and config.json
+    # At a stage switch the optimizer gets the new stage's groups. "keep": parameters that
+    # trained before keep their Adam moments (as Lightning's BackboneFinetuning does by
+    # adding a param group); "fresh": a new Adam over the new groups (the seed).
+    moments: str = "keep"
 
     @property
     def total_epochs(self) -> int:
@@ -71,6 +77,7 @@ class Plan:
         return {
             "label": self.label,
             "frozen_bn": self.frozen_bn,
+            "moments": self.moments,
             "stages": [
                 {
                     "name": s.name,
@@ -82,19 +89,22 @@ class Plan:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Plan:
-        return cls(
-            stages=tuple(
-                Stage(
-                    s["name"],
-                    int(s["epochs"]),
-                    tuple(Group(g["name"], tuple(g["modules"]), float(g["lr"])) for g in s["groups"]),
-                )
-                for s in data["stages"]
-            ),
-            frozen_bn=data["frozen_bn"],
-            label=data.get("label", "default"),
+    def from_dict(cls, data: object, where: str = "the saved plan") -> Plan:
+        """A plan read back from config.json or a checkpoint: every field checked, then validated."""
+        if not isinstance(data, dict):
+            raise PlanError(f"{where} is not a plan")
+        _only_keys(data, {"label", "frozen_bn", "moments", "stages"}, where)
+        stages = data.get("stages")
+        if not isinstance(stages, list) or not stages:
+            raise PlanError(f"{where} has no stages")
+        plan = cls(
+            stages=tuple(_stage(s, f"{where}, stage {i}", groups_key="groups") for i, s in enumerate(stages, 1)),
+            frozen_bn=_choice(data.get("frozen_bn", "train"), BN_POLICIES, "frozen_bn", where),
+            label=_field({"label": data.get("label", "default")}, "label", str, where),
+            moments=_choice(data.get("moments", "keep"), MOMENT_POLICIES, "moments", where),
         )
+        validate(plan)
+        return plan
 
 
 @dataclass(frozen=True)
@@ -107,12 +117,15 @@ class PlanOptions:
     lrs: str | None = None
     new_lr_mult: float | None = None
     frozen_bn: str | None = None
+    moments: str | None = None
 
 
 def build_plan(opts: PlanOptions) -> Plan:
     """The plan the options ask for, validated; raises PlanError with one sentence."""
     if opts.frozen_bn is not None and opts.frozen_bn not in BN_POLICIES:
         raise PlanError(f"--frozen-bn must be one of {', '.join(BN_POLICIES)}, not {opts.frozen_bn!r}")
+    if opts.moments is not None and opts.moments not in MOMENT_POLICIES:
+        raise PlanError(f"--moments must be one of {', '.join(MOMENT_POLICIES)}, not {opts.moments!r}")
     if opts.plan_file is not None:
         for flag, value in (("--lrs", opts.lrs), ("--new-lr-mult", opts.new_lr_mult)):
             if value is not None:
@@ -133,13 +146,11 @@ def build_plan(opts: PlanOptions) -> Plan:
             plan = default_plan(lrs, mult)
     if opts.stage_epochs is not None:
         epochs = parse_epochs(opts.stage_epochs, len(plan.stages))
-        plan = Plan(
-            tuple(Stage(s.name, e, s.groups) for s, e in zip(plan.stages, epochs, strict=True)),
-            plan.frozen_bn,
-            plan.label,
-        )
+        plan = replace(plan, stages=tuple(Stage(s.name, e, s.groups) for s, e in zip(plan.stages, epochs, strict=True)))
     if opts.frozen_bn is not None:
-        plan = Plan(plan.stages, opts.frozen_bn, plan.label)
+        plan = replace(plan, frozen_bn=opts.frozen_bn)
+    if opts.moments is not None:
+        plan = replace(plan, moments=opts.moments)
     validate(plan)
     return plan
 
@@ -174,6 +185,7 @@ def seed_plan(lrs: tuple[float, ...] = SEED_LRS) -> Plan:
             Stage("fine-tune everything", e3, (Group("all", ("all",), l3),)),
         ),
         label="seed",
+        moments="fresh",
     )
 
 
@@ -202,10 +214,12 @@ def _parse_list(text: str, count: int, flag: str, convert: type, what: str) -> l
 def validate(plan: Plan) -> None:
     if not plan.stages:
         raise PlanError("the plan has no stages")
+    if len(plan.stages) > MAX_STAGES:
+        raise PlanError(f"the plan has {len(plan.stages)} stages; at most {MAX_STAGES} are allowed")
     for i, stage in enumerate(plan.stages, 1):
         where = f"stage {i} ({stage.name})"
-        if stage.epochs < 0:
-            raise PlanError(f"{where} has {stage.epochs} epochs; epochs must be 0 (skip) or more")
+        if not 0 <= stage.epochs <= MAX_EPOCHS:
+            raise PlanError(f"{where} has {stage.epochs} epochs; epochs must be from 0 (skip) to {MAX_EPOCHS}")
         if not stage.groups:
             raise PlanError(f"{where} has no parameter groups, so nothing would train")
         for g in stage.groups:
@@ -238,26 +252,25 @@ def load_plan(path: Path) -> Plan:
     except tomllib.TOMLDecodeError as exc:
         raise PlanError(f"plan file {path} is not valid TOML: {exc}") from None
     where = f"plan file {path}"
-    _only_keys(data, {"frozen_bn", "stage"}, where)
+    _only_keys(data, {"frozen_bn", "moments", "stage"}, where)
     stages_raw = data.get("stage")
     if not isinstance(stages_raw, list) or not stages_raw:
         raise PlanError(f"{where} has no [[stage]] tables")
-    frozen_bn = data.get("frozen_bn", "train")
-    if frozen_bn not in BN_POLICIES:
-        raise PlanError(f"{where}: frozen_bn must be one of {', '.join(BN_POLICIES)}, not {frozen_bn!r}")
+    frozen_bn = _choice(data.get("frozen_bn", "train"), BN_POLICIES, "frozen_bn", where)
+    moments = _choice(data.get("moments", "keep"), MOMENT_POLICIES, "moments", where)
     stages = tuple(_stage(raw, f"{where}, stage {i}") for i, raw in enumerate(stages_raw, 1))
-    plan = Plan(stages, frozen_bn, label=path.name)
+    plan = Plan(stages, frozen_bn, label=path.name, moments=moments)
     validate(plan)
     return plan
 
 
-def _stage(raw: Any, where: str) -> Stage:
+def _stage(raw: Any, where: str, groups_key: str = "group") -> Stage:
     if not isinstance(raw, dict):
         raise PlanError(f"{where} is not a table")
-    _only_keys(raw, {"name", "epochs", "group"}, where)
+    _only_keys(raw, {"name", "epochs", groups_key}, where)
     name = _field(raw, "name", str, where)
     epochs = _field(raw, "epochs", int, where)
-    groups_raw = raw.get("group")
+    groups_raw = raw.get(groups_key)
     if not isinstance(groups_raw, list) or not groups_raw:
         raise PlanError(f"{where} has no [[stage.group]] tables")
     groups = []
@@ -285,6 +298,12 @@ def _field(raw: dict[str, Any], key: str, kind: type, where: str) -> Any:
         raise PlanError(f"{where} is missing {key!r}")
     if isinstance(value, bool) or not isinstance(value, kind) or (kind is str and not value):
         raise PlanError(f"{where}: {key} must be a {'whole number' if kind is int else 'non-empty string'}")
+    return value
+
+
+def _choice(value: object, allowed: tuple[str, ...], key: str, where: str) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise PlanError(f"{where}: {key} must be one of {', '.join(allowed)}, not {value!r}")
     return value
 
 

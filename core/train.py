@@ -1,31 +1,34 @@
 """The training loop. It knows nothing of any UI: it emits events and obeys a Control.
 
+`prepare` (core.prepare) readies the data, model and run directory; this file is
+the loop: stages, epochs, a flat step loop, evaluation and checkpoints.
+
 Hot-path rules: no host sync per batch (losses and correct counts stay on the
-device and are read at log points), batches are index slices of a uint8 tensor
-already on the device, augmentation is batched tensor ops.
+device in an EpochMeter and are read at log points and at most once a second),
+batches are index slices of a uint8 tensor already on the device, augmentation
+is batched tensor ops.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from core import checkpoint as ckpt_mod
-from core.augment import Augmenter
-from core.channel import Inbox
+from core import faults
 from core.checkpoint import Position
-from core.config import RunConfig, validate
+from core.config import RunConfig
 from core.control import Control
-from core.data import Dataset, DataSpec, batch_indices, epoch_generator, load_data
-from core.device import autocast, describe, prefers_channels_last, resolve_device, resolve_precision
-from core.errors import CbamError, CheckpointError
+from core.data import batch_indices, epoch_generator
+from core.device import describe
+from core.errors import CbamError
 from core.events import (
     BatchLogged,
     CheckpointSaved,
@@ -33,7 +36,6 @@ from core.events import (
     EpochEnded,
     Event,
     IterLosses,
-    Loading,
     ModuleState,
     Paused,
     Progress,
@@ -47,193 +49,137 @@ from core.events import (
     StageStarted,
 )
 from core.layout import MODULES, NEW_MODULES
-from core.model import ResNet18CBAM, build_model, module_parameters
-from core.plan import Stage, assign_groups
-from core.run_dir import RunDir
-from core.summary import summarize
+from core.meter import Clock, EpochMeter, Sums
+from core.model import module_parameters
+from core.optim import restore_optimizer, stage_optimizer
+from core.prepare import Setup, prepare
+from core.rundir import BEST, LAST, Command, Inbox, RunDir, StopReason
 
 Emit = Callable[[Event], None]
 
-FINISHED, STOPPED = "finished", "stopped"
-PROGRESS_EVERY_S = 0.5
-_NEXT, _STOP, _DONE = "next", "stop", "done"
+PROGRESS_EVERY_S = 0.5  # Progress events: host-side counters only
+DRAIN_EVERY_S = 1.0  # iteration losses to the host (and the non-finite check) at least this often
+_NEXT, _DONE = "next", "done"
+
+
+@dataclass
+class EpochRun:
+    """One epoch in progress: its device-side sums and its pause-aware clock."""
+
+    position: Position
+    meter: EpochMeter
+    clock: Clock = field(default_factory=Clock)
+    train_seconds: float = 0.0  # training time only: no evaluation, no pauses
+    first_seen: int = 0  # images already counted when this process began the epoch
+    batch: int = 0  # batches done
+    log_clock: Clock = field(default_factory=Clock)  # since the last loss line
+    log_seen: int = 0
+
+    def here(self) -> Position:
+        return Position(self.position.stage, self.position.epoch, self.batch)
+
+    def pause(self, seconds: float) -> None:
+        self.clock.add_pause(seconds)
+        self.log_clock.add_pause(seconds)
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, emit: Emit, control: Control | None = None) -> None:
+    def __init__(self, config: RunConfig, emit: Emit, control: Control | None = None, rundir: RunDir | None = None):
         self.config = config
-        self._emit_to = emit
+        self._consumer = emit
         self.control = control or Control()
-        self.run_dir: RunDir | None = None
+        self.rundir = rundir
+        self.s: Setup | None = None
         self.inbox: Inbox | None = None
-        self._write_failed = False
-        self.best_acc = 0.0
-        self.best_epoch = 0
-        self.global_step = 0
-        self.last_acc = 0.0
-        self._nonfinite = False  # weights are no longer finite: never save them over good ones
-        self._t_start = time.perf_counter()
-        # Per-epoch bookkeeping; paused time is left out of the speed figures.
-        self._epoch_t0 = self._t_start
-        self._train_s = 0.0  # training time of the epoch, without evaluation or pauses
-        self._epoch_seen0 = 0
-        self._epoch_batches = 0
-        self._paused_s = 0.0
-        self._log_paused_s = 0.0
-        self._t_log, self._seen_log = self._t_start, 0  # the last loss line: time and images seen
-        self.channels_last = False
-        self._stage_index = -1  # the stage the optimizer was built for
-        self._live: tuple[Position, torch.Tensor, torch.Tensor, int] | None = None
-        self.device = torch.device("cpu")
         self.optimizer: torch.optim.Optimizer | None = None
+        self.opt_stage = -1
+        self.scaler: torch.amp.GradScaler | None = None
+        self.best_acc, self.best_epoch, self.last_acc, self.global_step = 0.0, 0, 0.0, 0
+        self.history: list[EpochEnded] = []
+        self.epoch: EpochRun | None = None  # the one being trained, for a save on request or failure
+        self._nonfinite = False  # the weights are no longer finite: never save them over good ones
+        self._write_error: str | None = None
+        self._clock = Clock()
 
     # --- entry point -----------------------------------------------------------
-    def run(self) -> str:
-        """Train to the plan's end (FINISHED) or until stopped (STOPPED); raises on failure."""
-        self._t_start = time.perf_counter()
+    def run(self) -> StopReason:
+        """Train to the plan's end (FINISHED) or until stopped (the reason); raises
+        CbamError (one sentence) or the unexpected exception on failure."""
+        self._clock = Clock()
         try:
-            self._setup()
+            self.s = prepare(self.config, self._emit, self.rundir)
+            self.rundir, self.config = self.s.rundir, self.s.config
+            self._start()
             return self._loop()
         except CbamError as exc:
             self._emit(RunFailed(str(exc), self._save_on_failure()))
             raise
         except torch.OutOfMemoryError as exc:
-            message = (
-                f"out of {self.device.type.upper()} memory at batch size {self.config.batch_size}: "
-                "try a smaller --batch-size"
-            )
+            device = self.s.device.type.upper() if self.s else "device"
+            message = f"out of {device} memory at batch size {self.config.batch_size}: try a smaller --batch-size"
             self._emit(RunFailed(message, self._save_on_failure()))
             raise CbamError(message) from exc
         except Exception as exc:
-            if self.run_dir is not None:
-                log = self.run_dir.path / "error.log"
-                log.write_text(traceback.format_exc())
-                exc.add_note(f"the traceback is in {log}")
+            if self.rundir is not None:
+                log = self.rundir.write_error_log(traceback.format_exc())
+                if log is not None:
+                    exc.add_note(f"the traceback is in {log}")
             self._emit(RunFailed(f"{type(exc).__name__}: {exc}", self._save_on_failure()))
             raise
         finally:
-            if self.run_dir is not None:
-                self.run_dir.close()
+            if self.rundir is not None:
+                self.rundir.close()
 
     def _emit(self, event: Event) -> None:
-        if self.run_dir is not None:
+        if self.rundir is not None:
             try:
-                self.run_dir.write(event)
+                self.rundir.write(event)
             except OSError as exc:
-                if not self._write_failed:  # say it once; training goes on
-                    self._write_failed = True
-                    self._emit_to(SaveFailed(str(self.run_dir.events_path), exc.strerror or str(exc)))
-        self._emit_to(event)
+                if self._write_error is None:  # stop at the next boundary, with a checkpoint if the disk allows
+                    path, why = self.rundir.events_path, exc.strerror or str(exc)
+                    self._write_error = f"could not write {path}: {why}"
+                    self.control.stop(StopReason.WRITE_FAILED)
+                    self._consumer(SaveFailed(str(path), why))
+        self._consumer(event)
 
-    # --- setup -------------------------------------------------------------
-    def _setup(self) -> None:
-        cfg = self.config
-        saved: dict[str, Any] | None = None
-        if cfg.resume:
-            path = ckpt_mod.find_checkpoint(Path(cfg.resume))
-            saved = ckpt_mod.load_checkpoint(path)
-            base = RunConfig.from_dict(saved["config"])
-            cfg = base.replace(
-                device=cfg.device, precision=cfg.precision, compile=cfg.compile, log_every=cfg.log_every,
-                on_nonfinite=cfg.on_nonfinite, resume=str(path), cache_dir=cfg.cache_dir or base.cache_dir,
-            )
-            home = ckpt_mod.run_dir_of(path)
-            self.run_dir = RunDir.open(home) if home else RunDir.create(Path(cfg.runs_root), cfg.name)
-        else:
-            validate(cfg)
-            explicit = Path(cfg.run_dir) if cfg.run_dir else None
-            self.run_dir = RunDir.create(Path(cfg.runs_root), cfg.name, explicit)
-        self.config = cfg
-        self.inbox = Inbox(self.run_dir.path, self.control, lambda verb, origin: self._emit(CommandTaken(verb, origin)))
-        self.device = resolve_device(cfg.device)
-        self.precision = resolve_precision(cfg.precision, self.device)
-        self.autocast = autocast(self.device, self.precision)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+    def _on_command(self, command: Command, origin: str) -> None:
+        self._emit(CommandTaken(command.verb, origin, self.global_step))
+        self.control.apply(command)
 
-        self._emit(Loading(f"loading {cfg.dataset} data"))
-        spec = DataSpec(
-            cfg.dataset, cfg.data_dir, cfg.download, cfg.image_size,
-            cfg.limit_train, cfg.limit_test, cfg.seed, cfg.cache_dir,
-        )
-        self.data: Dataset = load_data(spec, lambda m, d, t: self._emit(Loading(m, d, t)))
-        num_classes = len(self.data.classes)
-
-        self._emit(Loading("building the model"))
-        torch.manual_seed(cfg.seed)
-        self.model: ResNet18CBAM = build_model(num_classes, "none" if saved else cfg.weights)
-        self.model.frozen_bn = cfg.plan.frozen_bn
-        self.position = Position(0, 1)
-        self._sums = {"loss_sum": 0.0, "correct": 0, "seen": 0}
-        self._opt_state: dict[str, Any] | None = None
-        if saved is not None:
-            self._restore(saved, num_classes)
-        rows = summarize(self.model, cfg.image_size)
-        self.model.to(self.device)
-        self.channels_last = prefers_channels_last(self.device)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        # Compiled for the training step only: evaluation (inference mode) would be one
-        # more guard failure per epoch, and dynamo gives up after a few of those.
-        self.step_model: nn.Module = torch.compile(self.model) if cfg.compile else self.model  # type: ignore[assignment]
-        self.augment = Augmenter(cfg.augment, self.device)
-        self.train_x, self.train_y = self._place(self.data.train.images), self._place(self.data.train.labels)
-        self.test_x, self.test_y = self._place(self.data.test.images), self._place(self.data.test.labels)
-        n = len(self.data.train)
-        self.batches_per_epoch = -(-n // cfg.batch_size)
-        self.run_dir.write_config({**cfg.to_dict(), "classes": list(self.data.classes)})
-        plan = cfg.plan
+    # --- the run -----------------------------------------------------------------
+    def _start(self) -> None:
+        s = self._setup
+        cfg, rundir, r = s.config, self._rundir, s.restored
+        if r is not None:
+            self.history = list(r.history)
+            self.best_acc, self.best_epoch, self.global_step = r.best_acc, r.best_epoch, r.global_step
+            self.last_acc = r.history[-1].test_acc if r.history else 0.0
+            for missing in rundir.reconcile(self.history):  # a kill between a checkpoint and its event
+                self._consumer(missing)
+        rundir.write_config({**cfg.to_dict(), "classes": list(s.data.classes)})
+        self.inbox = Inbox(rundir, self._on_command)
+        self.scaler = torch.amp.GradScaler(s.device.type, enabled=s.precision == "fp16")
+        if r is not None and r.scaler:
+            self.scaler.load_state_dict(r.scaler)
+        plan, start = cfg.plan, r.position if r else Position(0, 1)
         self._emit(
             RunStarted(
-                run_name=self.run_dir.path.name, run_dir=str(self.run_dir.path), dataset=cfg.dataset,
-                device=describe(self.device), precision=self.precision, train_size=n,
-                test_size=len(self.data.test), classes=self.data.classes, batch_size=cfg.batch_size,
-                batches_per_epoch=self.batches_per_epoch, total_epochs=plan.total_epochs,
-                stages=tuple((s.name, s.epochs) for s in plan.stages), plan_label=plan.label,
-                frozen_bn=plan.frozen_bn, total_params=sum(p.numel() for p in self.model.parameters()),
-                model_rows=tuple(r.as_tuple() for r in rows), config=cfg.to_dict(),
-                resumed_from=cfg.resume, start_stage=self.position.stage + 1,
-                start_epoch=self.position.epoch, start_batch=self.position.batch,
+                run_name=rundir.path.name, run_dir=str(rundir.path), dataset=cfg.dataset, device=describe(s.device),
+                precision=s.precision, train_size=len(s.data.train), test_size=len(s.data.test),
+                classes=s.data.classes, batch_size=cfg.batch_size, batches_per_epoch=s.batches_per_epoch,
+                total_epochs=plan.total_epochs, stages=tuple((st.name, st.epochs) for st in plan.stages),
+                plan_label=plan.label, frozen_bn=plan.frozen_bn, moments=plan.moments,
+                total_params=sum(p.numel() for p in s.model.parameters()), model_rows=tuple(s.rows),
+                config=cfg.to_dict(), skipped_files=s.data.skipped, resumed_from=cfg.resume,
+                start_stage=start.stage + 1, start_epoch=start.epoch, start_batch=start.batch,
                 global_step=self.global_step,
             )
         )
 
-    def _place(self, t: torch.Tensor) -> torch.Tensor:
-        """Keep a split on the device when it fits comfortably (CIFAR-10 train is 150 MB)."""
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            if t.numel() * t.element_size() > free // 4:
-                return t.pin_memory()
-        return t.to(self.device)
-
-    def _restore(self, saved: dict[str, Any], num_classes: int) -> None:
-        path = self.config.resume
-        if len(saved["classes"]) != num_classes or list(saved["classes"]) != list(self.data.classes):
-            raise CheckpointError(
-                f"checkpoint {path} was trained on {len(saved['classes'])} classes, "
-                f"but the data set now has {num_classes}"
-            )
-        try:
-            self.model.load_state_dict(saved["model"], strict=True)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-            raise CheckpointError(f"checkpoint {path} does not fit the model: {first}") from None
-        pos = saved["position"]
-        self.position = Position(int(pos["stage"]), int(pos["epoch"]), int(pos["batch"]), bool(pos["trained"]))
-        if self.position.stage >= len(self.config.plan.stages):
-            raise CheckpointError(f"the run in {path} has already finished every stage; nothing to resume")
-        self._sums = dict(saved["sums"])
-        self.best_acc = float(saved["best_acc"])
-        self.best_epoch = int(saved["best_epoch"])
-        self.global_step = int(saved["global_step"])
-        if saved.get("optimizer_stage") == self.position.stage:
-            self._opt_state = saved["optimizer"]
-        torch.set_rng_state(saved["rng"])
-
-    # --- stages and epochs -------------------------------------------------
-    def _loop(self) -> str:
-        plan = self.config.plan
-        start = self.position
+    def _loop(self) -> StopReason:
+        plan = self._setup.config.plan
+        r = self._setup.restored
+        start = r.position if r else Position(0, 1)
         for si, stage in enumerate(plan.stages):
             if si < start.stage:
                 continue
@@ -241,57 +187,56 @@ class Trainer:
             if stage.epochs == 0:
                 self._emit(StageSkipped(si + 1, stage.name, "0 epochs"))
                 continue
-            pos = start if si == start.stage else Position(si, first)
-            self._start_stage(si, stage, first, last)
-            for epoch in range(pos.epoch, last + 1):
-                here = pos if epoch == pos.epoch else Position(si, epoch)
-                if not here.trained:
-                    result = self._train_epoch(here)
-                    if result == _STOP:
-                        return STOPPED
-                else:  # resumed with only the evaluation of this epoch left
-                    self._epoch_t0, self._paused_s, self._train_s = time.perf_counter(), 0.0, 0.0
-                    self._epoch_batches, self._epoch_seen0 = here.batch, int(self._sums["seen"])
-                    result = _NEXT if here.batch < self.batches_per_epoch else _DONE
-                if not self._end_epoch(si, epoch, result == _NEXT):
-                    return STOPPED
-                if result == _NEXT:
+            self._start_stage(si)
+            resumed_here = start if si == start.stage else Position(si, first)
+            for epoch in range(resumed_here.epoch, last + 1):
+                pos = resumed_here if epoch == resumed_here.epoch else Position(si, epoch)
+                outcome = self._epoch(pos)
+                if isinstance(outcome, StopReason):
+                    return outcome
+                if outcome == _NEXT:
                     break
-            start = Position(si + 1, last + 1)
-        self._emit(RunFinished(self.last_acc, self.best_acc, self.best_epoch, self._elapsed()))
-        return FINISHED
+        self._emit(RunFinished(self.last_acc, self.best_acc, self.best_epoch, self._clock.elapsed()))
+        return StopReason.FINISHED
 
-    def _start_stage(self, si: int, stage: Stage, first: int, last: int) -> None:
-        groups = assign_groups(self.model, stage)
-        param_groups = [{"params": ps, "lr": g.lr, "name": g.name} for g, ps in groups]
-        self.optimizer = torch.optim.Adam(param_groups, fused=self.device.type == "cuda")
-        if self._opt_state is not None:
-            self.optimizer.load_state_dict(self._opt_state)
-            self._opt_state = None
-        self._stage_index = si
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.model.train()
-        lr_of = {id(p): g for g, ps in groups for p in ps}
+    def _start_stage(self, si: int) -> None:
+        s = self._setup
+        plan, r = s.config.plan, s.restored
+        previous = self.optimizer
+        if previous is None and r is not None and r.optimizer_stage >= 0 and r.optimizer_stage != si:
+            previous = restore_optimizer(s.model, plan, r.optimizer_stage, r.optimizer, s.device)
+        self.optimizer, groups, kept = stage_optimizer(s.model, plan, si, s.device, previous)
+        if self.opt_stage < 0 and r is not None and r.optimizer_stage == si:
+            self.optimizer.load_state_dict(r.optimizer)  # the same stage, continued
+            kept = sum(p.numel() for p in self.optimizer.state)
+        self.opt_stage = si
+        s.model.train()
+        group_of = {id(p): g for g, ps in groups for p in ps}
+        trainable = {n: p.numel() for n, p in s.model.named_parameters() if p.requires_grad}
+        first, last = plan.epoch_range(si)
         self._emit(
             StageStarted(
-                stage=si + 1, num_stages=len(self.config.plan.stages), name=stage.name,
-                first_epoch=first, last_epoch=last, total_epochs=self.config.plan.total_epochs,
-                modules=tuple(self._module_state(n, lr_of) for n in MODULES),
-                groups=tuple((g.name, g.lr) for g, _ in groups),
-                trainable_params=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
-                total_params=sum(p.numel() for p in self.model.parameters()),
-                global_step=self.global_step,
+                stage=si + 1, num_stages=len(plan.stages), name=plan.stages[si].name, first_epoch=first,
+                last_epoch=last, total_epochs=plan.total_epochs,
+                modules=tuple(self._module_state(name, group_of) for name in MODULES),
+                groups=tuple((g.name, g.lr) for g, _ in groups), trainable_params=sum(trainable.values()),
+                total_params=sum(p.numel() for p in s.model.parameters()), global_step=self.global_step,
+                kept_moments=kept,
+                row_trainable=tuple(
+                    sum(n for name, n in trainable.items() if not row.path or name.startswith(row.path + "."))
+                    for row in s.rows
+                ),
             )
         )
 
-    def _module_state(self, name: str, lr_of: dict[int, Any]) -> ModuleState:
+    def _module_state(self, name: str, group_of: dict[int, Any]) -> ModuleState:
+        model = self._setup.model
         path = MODULES[name]
-        params = [p for _, p in module_parameters(self.model, path)]
+        params = [p for _, p in module_parameters(model, path)]
         on = [p for p in params if p.requires_grad]
         trainable = "yes" if len(on) == len(params) else "no" if not on else "partial"
-        group = lr_of[id(on[0])] if on else None
-        module = self.model.get_submodule(path)
-        bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        group = group_of[id(on[0])] if on else None
+        bns = [m for m in model.get_submodule(path).modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         modes = {"train" if m.training else "eval" for m in bns}
         bn_mode = None if not bns else modes.pop() if len(modes) == 1 else "mixed"
         return ModuleState(
@@ -299,250 +244,266 @@ class Trainer:
             sum(p.numel() for p in params), bn_mode, name in NEW_MODULES,
         )
 
-    def _train_epoch(self, pos: Position) -> str:
-        cfg, dev = self.config, self.device
-        si, epoch = pos.stage, pos.epoch
-        self.model.train()
-        batches = list(batch_indices(len(self.train_y), cfg.batch_size, cfg.seed, epoch, self.train_y.device))
-        loss_sum = torch.tensor(float(self._sums["loss_sum"]), device=dev)
-        correct = torch.tensor(int(self._sums["correct"]), device=dev)
-        seen = int(self._sums["seen"])
-        pending: list[torch.Tensor] = []
-        self._epoch_t0 = time.perf_counter()
-        self._paused_s = 0.0
-        self._epoch_seen0 = seen
-        self._t_log, self._seen_log = self._epoch_t0, seen
-        t_progress = 0.0
-        channels_last = self.channels_last
-        opt = self.optimizer
-        assert opt is not None, "a stage builds the optimizer before its epochs"
-        for b in range(pos.batch, self.batches_per_epoch):
-            self._live = (Position(si, epoch, b), loss_sum, correct, seen)
-            signal = self._boundary(self._live[0])
+    def _epoch(self, pos: Position) -> str | StopReason:
+        """Train the epoch from ``pos`` (unless only its evaluation is left), then end it."""
+        r = self._setup.restored
+        sums = r.sums if r is not None and self.global_step == r.global_step and pos == r.position else Sums()
+        self.epoch = EpochRun(pos, EpochMeter(self._setup.device, sums), first_seen=sums.seen, batch=pos.batch)
+        self.epoch.log_seen = sums.seen
+        cut = pos.batch < self._setup.batches_per_epoch
+        if not pos.trained:
+            outcome = self._train(self.epoch)
+            if isinstance(outcome, StopReason):
+                return outcome
+            cut = outcome == _NEXT
+        return self._end_epoch(self.epoch, cut)
+
+    def _train(self, ep: EpochRun) -> str | StopReason:
+        s = self._setup
+        cfg, dev, model, opt, scaler = s.config, s.device, s.step_model, self.optimizer, self.scaler
+        assert opt is not None and scaler is not None, "a stage builds the optimizer before its epochs"
+        si, epoch = ep.position.stage, ep.position.epoch
+        n = s.batches_per_epoch
+        s.model.train()
+        batches = batch_indices(len(s.train_y), cfg.batch_size, cfg.seed, epoch, s.train_y.device)
+        t_progress = t_drain = 0.0
+        for b in range(ep.batch, n):
+            signal = self._boundary(ep)
             if signal is not None:
-                self._flush(pending, si)
-                if signal == _STOP:
-                    self._stop(self._live[0], loss_sum, correct, seen)
-                    return _STOP
-                self._sums = self._host_sums(loss_sum, correct, seen)
-                self._epoch_batches = b
-                self._train_s = time.perf_counter() - self._epoch_t0 - self._paused_s
-                return _NEXT
+                ep.train_seconds = ep.clock.elapsed()
+                return self._stop(ep.here(), ep) if signal == "stop" else _NEXT
             idx = batches[b]
-            x = self.train_x[idx.to(self.train_x.device)].to(dev, non_blocking=True)
-            y = self.train_y[idx.to(self.train_y.device)].to(dev, non_blocking=True)
-            x = self.augment.train(x, epoch_generator(cfg.seed, epoch, b, dev))
-            if channels_last:
+            x = s.train_x[idx.to(s.train_x.device)].to(dev, non_blocking=True)
+            y = s.train_y[idx.to(s.train_y.device)].to(dev, non_blocking=True)
+            x = s.augment.train(x, epoch_generator(cfg.seed, epoch, b, dev))
+            if s.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with self.autocast():
-                out = self.step_model(x)
+            with s.autocast():
+                out = model(x)
                 loss = F.cross_entropy(out, y)
             opt.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
-            self.scaler.step(opt)
-            self.scaler.update()
-            d = loss.detach().float()
-            loss_sum += d * len(y)
-            correct += (out.argmax(1) == y).sum()
-            seen += len(y)
-            pending.append(d)
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            scaler.step(opt)
+            scaler.update()
+            ep.meter.add(loss, out, y)
             self.global_step += 1
-            done = b + 1
+            ep.batch = b + 1
             now = time.perf_counter()
             if now - t_progress >= PROGRESS_EVERY_S:  # host-side counters only: no sync
                 t_progress = now
-                ips = (seen - self._epoch_seen0) / max(now - self._epoch_t0 - self._paused_s, 1e-9)
-                self._emit(Progress(si + 1, epoch, done, self.batches_per_epoch, ips))
-            at_log = done % cfg.log_every == 0 or done == self.batches_per_epoch
-            if at_log and not self._log_point(Position(si, epoch, done), pending, loss_sum, seen):
-                return self._on_nonfinite(Position(si, epoch, done), loss_sum, correct, seen)
-        self._sums = self._host_sums(loss_sum, correct, seen)
-        self._epoch_batches = self.batches_per_epoch
-        self._train_s = time.perf_counter() - self._epoch_t0 - self._paused_s
+                ips = (ep.meter.seen - ep.first_seen) / ep.clock.elapsed()
+                self._emit(Progress(si + 1, epoch, ep.batch, n, ips))
+            line = ep.batch % cfg.log_every == 0 or ep.batch == n
+            if line or now - t_drain >= DRAIN_EVERY_S:
+                t_drain = now
+                if not self._drain(ep, line):
+                    return self._on_nonfinite(ep)
+        ep.train_seconds = ep.clock.elapsed()
         return _DONE
 
-    def _log_point(self, pos: Position, pending: list[torch.Tensor], loss_sum: torch.Tensor, seen: int) -> bool:
-        """The only host syncs of the step loop: iteration losses, and every --log-every
-        batches the loss line. False if a loss is not finite."""
-        losses = self._flush(pending, pos.stage)
-        if not all(torch.isfinite(torch.tensor(losses))):
+    def _drain(self, ep: EpochRun, line: bool) -> bool:
+        """The step loop's only host syncs: the iteration losses (at least once a second),
+        and the loss line (mean of the batches since the last one). False if a loss is not finite."""
+        losses = ep.meter.drain()
+        if losses:
+            self._emit(IterLosses(self.global_step - len(losses) + 1, tuple(losses), ep.position.stage + 1))
+        if not all(math.isfinite(v) for v in losses):
             return False
-        if pos.batch % self.config.log_every == 0:
-            now = time.perf_counter()
-            ips = (seen - self._seen_log) / max(now - self._t_log - self._log_paused_s, 1e-9)
-            self._log_paused_s = 0.0
-            self._t_log, self._seen_log = now, seen
+        if line and ep.meter.window_batches:
+            seen = ep.meter.seen
+            ips = (seen - ep.log_seen) / ep.log_clock.elapsed()
+            ep.log_clock, ep.log_seen = Clock(), seen
+            mean = ep.meter.take_window()
+            avg = ep.meter.loss_sum.item() / max(seen, 1)
+            plan = self._setup.config.plan
             self._emit(
                 BatchLogged(
-                    pos.stage + 1, pos.epoch, self.config.plan.total_epochs, pos.batch, self.batches_per_epoch,
-                    losses[-1], loss_sum.item() / seen, ips, self.global_step,
+                    ep.position.stage + 1, ep.position.epoch, plan.total_epochs, ep.batch,
+                    self._setup.batches_per_epoch, mean, avg, ips, self.global_step,
                 )
             )
         return True
 
-    def _flush(self, pending: list[torch.Tensor], si: int) -> list[float]:
-        """Send the iteration losses since the last chunk: one host sync per log point."""
-        if not pending:
-            return []
-        losses = torch.stack(pending).tolist()
-        self._emit(IterLosses(self.global_step - len(losses) + 1, tuple(losses), si + 1))
-        pending.clear()
-        return losses
-
-    @staticmethod
-    def _host_sums(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> dict[str, Any]:
-        return {"loss_sum": loss_sum.item(), "correct": int(correct.item()), "seen": seen}
-
-    def _boundary(self, pos: Position, pause_reason: str = "user") -> str | None:
-        """Obey the Control at a batch boundary: stop, save, next stage, pause."""
-        was_paused = False
-        t0 = time.perf_counter()
+    def _boundary(self, ep: EpochRun, pause_reason: str = "user") -> str | None:
+        """Obey the Control (and the inbox) at a batch boundary: "stop", "next", or None to go on."""
+        paused_at: float | None = None
         try:
             while True:
                 if self.inbox is not None:
                     self.inbox.poll()
                 if self.control.stop_reason is not None:
-                    return _STOP
-                if self.control.take_save() and self._live is not None:
-                    _, loss_sum, correct, seen = self._live
-                    self._save(pos, self._host_sums(loss_sum, correct, seen), "save")
+                    return "stop"
+                if self.control.take_save():
+                    self._save(ep.here(), ep.meter.host(), "save")
                 if self.control.take_next_stage():
-                    return _NEXT
+                    return "next"
                 if not self.control.paused:
-                    if was_paused:
-                        self._emit(Resumed(pos.stage + 1, pos.epoch, pos.batch))
+                    if paused_at is not None:
+                        here = ep.here()
+                        self._emit(Resumed(here.stage + 1, here.epoch, here.batch))
                     return None
-                if not was_paused:
-                    was_paused = True
-                    self._emit(Paused(pos.stage + 1, pos.epoch, pos.batch, pause_reason))
-                self.control.wait_while_paused(0.25)
+                if paused_at is None:
+                    paused_at = time.perf_counter()
+                    here = ep.here()
+                    self._emit(Paused(here.stage + 1, here.epoch, here.batch, pause_reason))
+                self.control.wait(0.05)
         finally:
-            if was_paused:
-                spent = time.perf_counter() - t0
-                self._paused_s += spent
-                self._log_paused_s += spent
+            if paused_at is not None:
+                ep.pause(time.perf_counter() - paused_at)
 
-    def _on_nonfinite(self, pos: Position, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> str:
+    def _on_nonfinite(self, ep: EpochRun) -> StopReason:
         self._nonfinite = True
+        pos = ep.here()
         where = f"non-finite loss at epoch {pos.epoch}, batch {pos.batch}"
-        last = self.run_dir.last_checkpoint if self.run_dir else None
-        kept = str(last) if last is not None and last.exists() else None
-        if self.config.on_nonfinite == "pause":
-            # The weights are no longer finite: stay paused (resume and next stage
-            # would train on garbage) until the person stops the run.
-            self._live = (pos, loss_sum, correct, seen)
+        kept = str(self._rundir.checkpoint_path(LAST)) if self._rundir.has_checkpoint() else None
+        if self._setup.config.on_nonfinite == "pause":
+            # The weights are no longer finite: stay paused (resume and next stage would
+            # train on garbage) until the person stops the run.
             self.control.pause()
-            while self._boundary(pos, f"{where}; the last finite checkpoint is kept") != _STOP:
+            while self._boundary(ep, f"{where}; the last finite checkpoint is kept") != "stop":
                 self.control.pause()
-            self._stop(pos, loss_sum, correct, seen, reason=where)
-            return _STOP
-        self._emit(RunStopped(where, pos.stage + 1, pos.epoch, pos.batch, kept))
-        return _STOP
+        self._emit(RunStopped(StopReason.NONFINITE, pos.stage + 1, pos.epoch, pos.batch, kept, where))
+        return StopReason.NONFINITE
 
-    def _end_epoch(self, si: int, epoch: int, cut: bool) -> bool:
-        """Evaluate, report, checkpoint. False when a stop arrived during evaluation."""
-        plan = self.config.plan
+    def _end_epoch(self, ep: EpochRun, cut: bool) -> str | StopReason:
+        """Evaluate, checkpoint, then report: the epoch_ended event follows its checkpoint,
+        so after a kill at any instant a resume repeats no reported epoch."""
+        s = self._setup
+        plan = s.config.plan
+        si, epoch = ep.position.stage, ep.position.epoch
         first, last = plan.epoch_range(si)
-        trained_pos = Position(si, epoch, self._epoch_batches, trained=True)
+        trained = Position(si, epoch, ep.batch, trained=True)
         result = self._evaluate()
         if result is None:
-            self._stop(trained_pos, None, None, 0)
-            return False
+            return self._stop(trained, ep)
         test_loss, test_acc = result
-        s = self._sums
-        seconds = time.perf_counter() - self._epoch_t0 - self._paused_s
-        seen_now = s["seen"] - self._epoch_seen0
+        sums = ep.meter.host()
         improved = test_acc > self.best_acc or self.best_epoch == 0
+        record = EpochEnded(
+            si + 1, epoch, plan.total_epochs, epoch - first + 1, last - first + 1, ep.batch,
+            sums.loss_sum / max(sums.seen, 1), 100.0 * sums.correct / max(sums.seen, 1), test_loss, test_acc,
+            ep.clock.elapsed(), (sums.seen - ep.first_seen) / ep.train_seconds if ep.train_seconds > 0 else 0.0,
+            max(self.best_acc, test_acc) if self.best_epoch else test_acc, self.global_step,
+        )
+        best_before = self.best_acc, self.best_epoch
         if improved:
             self.best_acc, self.best_epoch = test_acc, epoch
-        self.last_acc = test_acc
-        self._emit(
-            EpochEnded(
-                si + 1, epoch, plan.total_epochs, epoch - first + 1, last - first + 1, self._epoch_batches,
-                s["loss_sum"] / max(s["seen"], 1), 100.0 * s["correct"] / max(s["seen"], 1), test_loss, test_acc,
-                seconds, seen_now / self._train_s if self._train_s > 0 else 0.0, self.best_acc, self.global_step,
-            )
-        )
-        self._sums = {"loss_sum": 0.0, "correct": 0, "seen": 0}
+        self.history.append(record)
         nxt = Position(si + 1, last + 1) if cut or epoch == last else Position(si, epoch + 1)
-        self._save(nxt, self._sums, "epoch")
-        if improved:
-            self._save(nxt, self._sums, "best", name="best.pt")
-        return True
+        data = ckpt_mod.serialize(self._state(nxt, Sums()))
+        written: list[tuple[str, str]] = []
+        try:
+            for name, reason in ((BEST, "best"), (LAST, "epoch")) if improved else ((LAST, "epoch"),):
+                faults.hit(f"epoch-end:before-{name}")
+                written.append((str(self._rundir.save_checkpoint(data, name)), reason))
+        except OSError as exc:
+            self.history.pop()
+            self.best_acc, self.best_epoch = best_before
+            detail = (
+                f"could not save {self._rundir.checkpoint_path(name)}: {exc.strerror or exc} "
+                f"(epoch {epoch}: test acc {test_acc:.2f}%, not kept)"
+            )
+            return self._write_failed(trained, detail)
+        faults.hit("epoch-end:before-event")
+        for path, reason in written:
+            self._emit(CheckpointSaved(path, reason, nxt.stage + 1, nxt.epoch, nxt.batch))
+        self._emit(record)
+        self.last_acc = test_acc
+        return _NEXT if cut else _DONE
 
     def _evaluate(self) -> tuple[float, float] | None:
         """Test loss (per-image mean) and accuracy in percent; None if a stop arrived."""
-        self.model.eval()
-        dev = self.device
-        eval_batch = min(max(self.config.batch_size * 4, 256), 2048)
-        loss_sum = torch.zeros((), device=dev)
-        correct = torch.zeros((), device=dev, dtype=torch.long)
-        n = len(self.test_y)
-        with torch.inference_mode(), self.autocast():
+        s = self._setup
+        s.model.eval()
+        eval_batch = min(max(s.config.batch_size * 4, 256), 2048)
+        loss_sum = torch.zeros((), device=s.device)
+        correct = torch.zeros((), device=s.device, dtype=torch.long)
+        n = len(s.test_y)
+        with torch.inference_mode(), s.autocast():
             for i in range(0, n, eval_batch):
                 if self.inbox is not None:
                     self.inbox.poll()
                 if self.control.stop_reason is not None:
                     return None
-                x = self.augment.test(self.test_x[i : i + eval_batch].to(dev, non_blocking=True))
-                if self.channels_last:
+                x = s.augment.test(s.test_x[i : i + eval_batch].to(s.device, non_blocking=True))
+                if s.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                y = self.test_y[i : i + eval_batch].to(dev, non_blocking=True)
-                out = self.model(x).float()
+                y = s.test_y[i : i + eval_batch].to(s.device, non_blocking=True)
+                out = s.model(x).float()
                 loss_sum += F.cross_entropy(out, y, reduction="sum")
                 correct += (out.argmax(1) == y).sum()
-        self.model.train()
+        s.model.train()
         return loss_sum.item() / n, 100.0 * correct.item() / n
 
-    # --- checkpoints ---------------------------------------------------------
-    def _state(self, pos: Position, sums: dict[str, Any]) -> dict[str, Any]:
-        assert self.optimizer is not None
+    # --- checkpoints and stops ---------------------------------------------------------
+    def _state(self, pos: Position, sums: Sums) -> dict[str, Any]:
+        s = self._setup
+        assert self.optimizer is not None and self.scaler is not None
         return {
             "format": ckpt_mod.FORMAT,
-            "version": 1,
+            "version": ckpt_mod.VERSION,
             "arch": ckpt_mod.ARCH,
-            "model": self.model.state_dict(),
+            "model": s.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "optimizer_stage": self._stage_index,
-            "config": self.config.to_dict(),
-            "classes": list(self.data.classes),
+            "optimizer_stage": self.opt_stage,
+            "scaler": self.scaler.state_dict(),
+            "config": s.config.to_dict(),
+            "classes": list(s.data.classes),
             "position": {"stage": pos.stage, "epoch": pos.epoch, "batch": pos.batch, "trained": pos.trained},
-            "sums": dict(sums),
+            "sums": sums.to_dict(),
             "best_acc": self.best_acc,
             "best_epoch": self.best_epoch,
             "global_step": self.global_step,
             "rng": torch.get_rng_state(),
+            "history": [e.to_dict() for e in self.history],
         }
 
-    def _save(self, pos: Position, sums: dict[str, Any], reason: str, name: str = "last.pt") -> str | None:
-        if self.run_dir is None or self._nonfinite or self.optimizer is None:
+    def _save(self, pos: Position, sums: Sums, reason: str) -> str | None:
+        """last.pt at ``pos``; None (and a save_failed event) when it cannot be written."""
+        if self._nonfinite or self.optimizer is None or self.rundir is None:
             return None
-        target = self.run_dir.checkpoints / name
         try:
-            path = self.run_dir.save_checkpoint(self._state(pos, sums), name)
+            faults.hit(f"save:{reason}")
+            path = self.rundir.save_checkpoint(ckpt_mod.serialize(self._state(pos, sums)), LAST)
         except OSError as exc:
-            self._emit(SaveFailed(str(target), f"{exc.strerror or exc}; the previous checkpoint is kept"))
+            self._emit(SaveFailed(str(self.rundir.checkpoint_path(LAST)), exc.strerror or str(exc)))
             return None
         self._emit(CheckpointSaved(str(path), reason, pos.stage + 1, pos.epoch, pos.batch))
         return str(path)
 
-    def _stop(
-        self, pos: Position, loss_sum: torch.Tensor | None, correct: torch.Tensor | None, seen: int,
-        reason: str | None = None,
-    ) -> None:
-        sums = self._sums if loss_sum is None or correct is None else self._host_sums(loss_sum, correct, seen)
-        path = self._save(pos, sums, "stop")
-        why = reason or self.control.stop_reason or "stopped"
-        self._emit(RunStopped(why, pos.stage + 1, pos.epoch, pos.batch, path))
+    def _stop(self, pos: Position, ep: EpochRun) -> StopReason:
+        reason = self.control.stop_reason or StopReason.QUIT
+        if reason == StopReason.WRITE_FAILED:
+            return self._write_failed(pos, self._write_error or "a write failed", ep)
+        path = self._save(pos, ep.meter.host(), "stop")
+        if path is None:
+            return self._write_failed(pos, f"{reason}: the checkpoint could not be saved")
+        self._emit(RunStopped(reason, pos.stage + 1, pos.epoch, pos.batch, path))
+        return reason
+
+    def _write_failed(self, pos: Position, detail: str, ep: EpochRun | None = None) -> StopReason:
+        """Stop, saying which checkpoint is the last good one (if any): never a claimed success."""
+        path = self._save(pos, ep.meter.host(), "stop") if ep is not None else None
+        if path is None and self.rundir is not None and self.rundir.has_checkpoint():
+            path = str(self.rundir.checkpoint_path(LAST))
+        self._emit(RunStopped(StopReason.WRITE_FAILED, pos.stage + 1, pos.epoch, pos.batch, path, detail))
+        return StopReason.WRITE_FAILED
 
     def _save_on_failure(self) -> str | None:
-        if self._live is None:
+        if self.epoch is None or self.s is None:
             return None
         try:
-            pos, loss_sum, correct, seen = self._live
-            return self._save(pos, self._host_sums(loss_sum, correct, seen), "failure")
+            return self._save(self.epoch.here(), self.epoch.meter.host(), "failure")
         except Exception:
             return None
 
-    def _elapsed(self) -> float:
-        return time.perf_counter() - self._t_start
+    # --- typed access to what `prepare` made ------------------------------------------
+    @property
+    def _setup(self) -> Setup:
+        assert self.s is not None, "prepare() runs first"
+        return self.s
+
+    @property
+    def _rundir(self) -> RunDir:
+        assert self.rundir is not None, "prepare() claims the run directory"
+        return self.rundir

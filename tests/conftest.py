@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import pickle
 import sys
 from collections.abc import Callable
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 
 from core.config import RunConfig
+from core.control import Control
 from core.events import Event
 from core.plan import PlanOptions, build_plan
+from core.rundir import StopReason
 from tui.cli import main
 
 
@@ -45,18 +48,42 @@ class Recorder:
     def of(self, cls: type) -> list[Any]:
         return [e for e in self.events if isinstance(e, cls)]
 
+    @property
+    def run_dir(self) -> Path:
+        return Path(next(e.run_dir for e in self.events if e.kind == "run_started"))
+
+
+def train(config: RunConfig, react: Callable[[Event], None] | None = None,
+          control: Control | None = None) -> tuple[StopReason, Recorder]:
+    """Run the real Trainer in this thread; every event it emits is recorded."""
+    from core.train import Trainer
+
+    rec = Recorder(react)
+    outcome = Trainer(config, rec, control or Control()).run()
+    return outcome, rec
+
+
+CIFAR_NAMES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+
 
 @pytest.fixture
-def fake_cifar(tmp_path: Path) -> Path:
-    """A tiny cifar-10-batches-py in torchvision's pickle format."""
+def fake_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tiny cifar-10-batches-py in torchvision's pickle format, with torchvision's table
+    of published checksums pointed at these files for the length of the test."""
+    from torchvision.datasets import CIFAR10
+
     root = tmp_path / "cifar"
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for name, n in [*((f"data_batch_{i}", 20) for i in range(1, 6)), ("test_batch", 20)]:
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(n)]}
-        with (folder / name).open("wb") as f:
-            pickle.dump(batch, f)
+    for name in CIFAR_NAMES:
+        batch = {"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), "labels": [i % 10 for i in range(20)]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": ["c"] * 10}))
+    md5 = {n: hashlib.md5((folder / n).read_bytes()).hexdigest() for n in (*CIFAR_NAMES, "batches.meta")}
+    monkeypatch.setattr(CIFAR10, "train_list", [[n, md5[n]] for n in CIFAR_NAMES[:5]])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5["batches.meta"]})
     return root
 
 
@@ -72,3 +99,7 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
         sys.argv = old
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()

@@ -12,29 +12,40 @@ from core.events import (
     EpochEnded,
     Event,
     IterLosses,
+    LayerRow,
     ModuleState,
     RunStarted,
     RunStopped,
     StageStarted,
 )
 from core.layout import MODULES, NEW_MODULES
-from core.model import ResNet18CBAM
-from core.summary import summarize
-
-_ROWS: tuple[tuple[object, ...], ...] | None = None
-
-
-def model_rows() -> tuple[tuple[object, ...], ...]:
-    global _ROWS
-    if _ROWS is None:
-        _ROWS = tuple(r.as_tuple() for r in summarize(ResNet18CBAM(), 32))
-    return _ROWS
-
+from core.rundir import StopReason
 
 STAGES = (("warm up new modules", 5), ("unfreeze layer3, layer4", 15), ("fine-tune everything", 30))
 TRAINABLE = (set(NEW_MODULES), {*NEW_MODULES, "layer3", "layer4"}, set(MODULES))
 PARAMS = {"conv1": 1728, "bn1": 128, "layer1": 147968, "cbam1": 610, "layer2": 525568, "cbam2": 2146,
           "layer3": 2099712, "cbam3": 8290, "layer4": 8393728, "cbam4": 32866, "fc": 5130}
+_ROWS: tuple[LayerRow, ...] | None = None
+
+
+def model_rows() -> tuple[LayerRow, ...]:
+    global _ROWS
+    if _ROWS is None:
+        from core.model import ResNet18CBAM
+        from core.tree import summarize
+
+        _ROWS = tuple(summarize(ResNet18CBAM(), 32))
+    return _ROWS
+
+
+def row_trainable(names: set[str]) -> tuple[int, ...]:
+    """Trainable parameters under each model row when the modules ``names`` train."""
+    paths = [MODULES[n] for n in names]
+    return tuple(
+        row.params if any(row.path == p or row.path.startswith(p + ".") for p in paths)
+        else sum(PARAMS[n] for n in names if not row.path or MODULES[n].startswith(row.path + "."))
+        for row in model_rows()
+    )
 
 
 def events(epochs: int = 3, batches: int = 782, log_every: int = 100) -> Iterator[Event]:
@@ -44,7 +55,7 @@ def events(epochs: int = 3, batches: int = 782, log_every: int = 100) -> Iterato
         device="cpu", precision="fp32", train_size=batches * 64, test_size=10000,
         classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
         batch_size=64, batches_per_epoch=batches, total_epochs=50, stages=STAGES, plan_label="default",
-        frozen_bn="train", total_params=11217874, model_rows=model_rows(), config={},
+        frozen_bn="train", moments="keep", total_params=11217874, model_rows=model_rows(), config={},
     )
     step = 0
     first = 1
@@ -62,7 +73,7 @@ def events(epochs: int = 3, batches: int = 782, log_every: int = 100) -> Iterato
                 for m in MODULES
             ),
             groups=(("new", lr),), trainable_params=sum(PARAMS[m] for m in TRAINABLE[si]), total_params=11217874,
-            global_step=step,
+            global_step=step, row_trainable=row_trainable(TRAINABLE[si]),
         )
         for epoch in stage_epochs:
             if epoch > epochs:
@@ -72,28 +83,27 @@ def events(epochs: int = 3, batches: int = 782, log_every: int = 100) -> Iterato
                 yield IterLosses(step + 1, chunk, si + 1)
                 step += log_every
                 done = min(b + log_every - 1, batches)
-                yield BatchLogged(si + 1, epoch, 50, done, batches, chunk[-1], sum(chunk) / len(chunk), 1234.0, step)
+                yield BatchLogged(si + 1, epoch, 50, done, batches, sum(chunk) / len(chunk), chunk[-1], 1234.0, step)
             acc = 100 - 70 * math.exp(-epoch / 8)
             yield EpochEnded(si + 1, epoch, 50, epoch - stage_epochs[0] + 1, n, batches, 2.3 * math.exp(-epoch / 6),
                              acc - 3, 2.2 * math.exp(-epoch / 7), acc, 42.0, 1190.0, acc, step)
 
 
 class ScriptedTrainer:
-    """Plays ``script`` through emit, then waits for a stop like a paused run would."""
+    """A stand-in for the Trainer behind an InProcessLink: plays ``script``, then waits
+    for a stop as a paused run would. ``emitted`` keeps what it sent."""
 
     def __init__(self, script: Callable[[], Iterator[Event]]) -> None:
         self.script = script
+        self.emitted: list[Event] = []
 
-    def __call__(self, config: object, emit: Callable[[Event], None], control: Control) -> ScriptedTrainer:
-        self.emit, self.control = emit, control
-        return self
-
-    def run(self) -> str:
+    def __call__(self, config: object, emit: Callable[[Event], None], control: Control) -> StopReason:
         for event in self.script():
-            self.emit(event)
-        while self.control.stop_reason is None:
-            self.control.wait_while_paused(0.05)
-            if not self.control.paused:
-                self.control.pause()
-        self.emit(RunStopped(self.control.stop_reason, 1, 3, 0, None))
-        return "stopped"
+            self.emitted.append(event)
+            emit(event)
+        while control.stop_reason is None:
+            control.pause()
+            control.wait(0.05)
+        reason = control.stop_reason
+        emit(RunStopped(reason, 1, 3, 0, None))
+        return reason

@@ -1,8 +1,8 @@
-"""The dashboard driven by key presses, on a tiny real trainer and on scripted runs."""
+"""The one dashboard driven by key presses, over both links: a real trainer in
+process, a scripted run, and a run followed through its directory."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,15 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.events import CheckpointSaved, IterLosses, Paused, RunStarted, StageStarted
+from core.events import CheckpointSaved, EpochEnded, IterLosses, Loading, Paused, RunFinished, StageStarted
 from core.plan import PlanOptions
-from core.train import Trainer
+from core.rundir import RunDir, StopReason
+from core.state import FINISHED, LOADING, PAUSED, RUNNING
 from tests.conftest import tiny_config
 from tests.scripted import ScriptedTrainer, events
 from tui.app import make_app
-from tui.state import PAUSED, RUNNING
+from tui.links import DirectoryLink, InProcessLink
 from tui.widgets.dialogs import ConfirmScreen, ErrorScreen
 from tui.widgets.help_screen import HelpScreen
+from tui.widgets.loss_log import LossLog
 from tui.widgets.model_tree import ModelTree
 
 
@@ -29,24 +31,29 @@ async def until(pilot, condition: Callable[[], bool], timeout: float = 60.0) -> 
         await pilot.pause(0.05)
 
 
-def seen(app, cls) -> list:
-    return [e for e in app.events_seen if isinstance(e, cls)]
+class Seen:
+    """A trainer factory for the in-process link that keeps every event it emits."""
 
+    def __init__(self) -> None:
+        self.events: list = []
 
-def recorded_app(config):
-    """The real app and the real Trainer, with every event the trainer emits kept for assertions."""
-    sink: list = []
+    def __call__(self, config, emit, control) -> StopReason:
+        from core.train import Trainer
 
-    def factory(config, emit, control):
         def both(e) -> None:
-            sink.append(e)
+            self.events.append(e)
             emit(e)
 
-        return Trainer(config, both, control)
+        return Trainer(config, both, control).run()
 
-    app = make_app(config, trainer_factory=factory)
-    app.events_seen = sink
-    return app
+    def of(self, cls) -> list:
+        return [e for e in self.events if isinstance(e, cls)]
+
+
+def live_app(config):
+    seen = Seen()
+    app = make_app(InProcessLink(config.replace(on_nonfinite="pause"), trainer=seen))
+    return app, seen
 
 
 def slow_config(tmp_path: Path, **kw):
@@ -54,60 +61,95 @@ def slow_config(tmp_path: Path, **kw):
     return tiny_config(tmp_path, limit_train=160, **kw)
 
 
+def log_text(app) -> str:
+    return "\n".join(line.text for line in app.query_one("#log", LossLog).lines)
+
+
+def footer_keys(app) -> set[str]:
+    return {b.binding.description for b in app.active_bindings.values() if b.enabled and b.binding.show}
+
+
 async def test_pause_resume_and_save_with_a_real_trainer(tmp_path: Path) -> None:
-    app = recorded_app(slow_config(tmp_path, plan_opts=PlanOptions(stage_epochs="2,1,1")))
+    app, seen = live_app(slow_config(tmp_path, plan_opts=PlanOptions(stage_epochs="2,1,1")))
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: len(seen(app, IterLosses)) >= 1)
+        await until(pilot, lambda: seen.of(IterLosses) and app.state.status == RUNNING)
+        assert {"pause", "next stage", "save"} <= footer_keys(app) and "resume" not in footer_keys(app)
         await pilot.press("p")  # pause
         assert app.state.status == PAUSED
-        await until(pilot, lambda: seen(app, Paused))
-        steps = app.state.iter_losses.__len__()
-        await pilot.pause(1.0)
-        assert len(app.state.iter_losses) == steps, "training went on while paused"
-        assert "PAUSED" in str(app.query_one("#status").render())
+        await until(pilot, lambda: seen.of(Paused))
+        assert "resume" in footer_keys(app) and "pause" not in footer_keys(app)
+        taken = len(seen.of(IterLosses))
+        await pilot.press("s")  # save while paused: the trainer takes it at once
+        await until(pilot, lambda: any(e.reason == "save" for e in seen.of(CheckpointSaved)))
+        assert len(seen.of(IterLosses)) == taken, "training went on while paused"
         await pilot.press("space")  # resume
         assert app.state.status == RUNNING
-        await pilot.press("s")  # save now
-        await until(pilot, lambda: any(e.reason == "save" for e in seen(app, CheckpointSaved)))
-        saved = next(e for e in seen(app, CheckpointSaved) if e.reason == "save")
+        await until(pilot, lambda: len(seen.of(IterLosses)) > taken)
+        saved = next(e for e in seen.of(CheckpointSaved) if e.reason == "save")
         assert Path(saved.path).is_file()
         await pilot.press("q")  # quit: asks first while training
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("y")
-        await until(pilot, lambda: not app.is_running, timeout=60)
-    assert app.exit_code == 0
-    last = torch.load(Path(saved.path), weights_only=True)
-    assert last["position"]["stage"] == 0
+        await until(pilot, lambda: not app.is_running)
+    assert app.exit_code == 0 and app.outcome == StopReason.QUIT
 
 
-async def test_next_stage_and_the_last_stage_asks(tmp_path: Path) -> None:
-    app = recorded_app(slow_config(tmp_path, plan_opts=PlanOptions(stage_epochs="3,1,1")))
+async def test_next_stage_the_last_stage_asks_and_an_ended_run_has_no_steering_keys(tmp_path: Path) -> None:
+    app, seen = live_app(slow_config(tmp_path, plan_opts=PlanOptions(stage_epochs="3,1,3")))
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: len(seen(app, IterLosses)) >= 1)
-        await pilot.press("n")  # next stage: no question before the last stage
-        await until(pilot, lambda: len(seen(app, StageStarted)) == 2)
-        assert app.state.stage.stage == 2 and "layer3" in app.state.changed
+        await until(pilot, lambda: app.state.stage is not None and app.state.status == RUNNING)
+        await pilot.press("p")  # paused, the keys below act at once, whatever the speed of the machine
+        await until(pilot, lambda: seen.of(Paused) and app.state.status == PAUSED)
+        await pilot.press("n")  # next stage, while paused: no question before the last stage
+        await until(pilot, lambda: app.state.stage.stage == 2 and app.state.status == PAUSED)
+        assert "layer3" in app.state.changed and len(seen.of(StageStarted)) == 2
         await pilot.press("n")
-        await until(pilot, lambda: len(seen(app, StageStarted)) == 3)
-        await until(pilot, lambda: len(seen(app, IterLosses)) >= 5)
+        await until(pilot, lambda: app.state.stage.stage == 3 and app.state.status == PAUSED)
+        await pilot.press("space")  # resume: the last stage trains a little
+        await until(pilot, lambda: app.state.status == RUNNING and app.state.batch > 0)
+        pauses = len(seen.of(Paused))
+        await pilot.press("p")
+        await until(pilot, lambda: app.state.status == PAUSED and len(seen.of(Paused)) > pauses)
         await pilot.press("n")  # on the last stage it asks
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("y")
-        await until(pilot, lambda: app.state.status == "FINISHED")
-        assert app.state.epochs[-1].stage == 3 and app.state.epochs[-1].batches_done < 20
+        await until(pilot, lambda: app.state.status == FINISHED and not app.live)
+        assert app.state.epochs[-1].stage == 3 and app.state.epochs[-1].batches_done < 20  # the run ended early
+        assert not {"pause", "resume", "next stage", "save"} & footer_keys(app)
+        await pilot.press("p")  # says why nothing happens
+        assert "cannot pause: the run has finished" in log_text(app)
         await pilot.press("q")  # finished: quits without asking
         await until(pilot, lambda: not app.is_running)
     assert app.exit_code == 0
 
 
+async def test_a_key_too_early_says_why_it_does_nothing(tmp_path: Path) -> None:
+    def loading(config, emit, control) -> StopReason:
+        emit(Loading("decoding train images", 10, 60000))
+        while control.stop_reason is None:
+            control.wait(0.05)
+        return control.stop_reason
+
+    app = make_app(InProcessLink(tiny_config(tmp_path), trainer=loading))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.state.status == LOADING)
+        assert not {"pause", "next stage", "save"} & footer_keys(app)
+        await pilot.press("n")
+        assert "cannot next: the run is loading; wait for its first stage" in log_text(app)
+        await pilot.press("x")  # x is for runs you watch; this one q stops
+        assert "cannot stop: x stops a run you watch; q stops this one (with a checkpoint)" in log_text(app)
+        await pilot.press("q", "y")
+        await until(pilot, lambda: not app.is_running)
+    assert app.outcome == StopReason.QUIT
+
+
 async def test_views_and_help_on_a_scripted_run(tmp_path: Path) -> None:
-    app = make_app(tiny_config(tmp_path), trainer_factory=ScriptedTrainer(lambda: events(epochs=3)))
+    app = make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(lambda: events(epochs=3))))
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: len(app.state.epochs) == 3)
         await pilot.press("2")  # model tree
-        await pilot.pause(0.3)
-        tree = app.query_one(ModelTree)
-        labels = [str(node.label) for node in tree._tree_nodes.values()]
+        await until(pilot, lambda: app.query_one(ModelTree).populated)
+        labels = [str(node.label) for node in app.query_one(ModelTree)._tree_nodes.values()]
         assert sum("◆ CBAM" in label for label in labels) == 4
         await pilot.press("tab")  # to the full log
         assert app.query_one("#views").current == "full-log"
@@ -121,41 +163,21 @@ async def test_views_and_help_on_a_scripted_run(tmp_path: Path) -> None:
         await until(pilot, lambda: not app.is_running)
 
 
-def test_a_failing_worker_opens_a_modal_and_exits_nonzero(tmp_path: Path) -> None:
-    def broken(config, emit, control):
-        class Broken:
-            def run(self) -> str:
-                emit(next(iter(events(epochs=1))))
-                raise RuntimeError("the GPU caught fire")
+async def test_a_failing_worker_opens_a_modal_and_exits_nonzero(tmp_path: Path) -> None:
+    def broken(config, emit, control) -> StopReason:
+        emit(next(iter(events(epochs=1))))
+        raise RuntimeError("the GPU caught fire")
 
-        return Broken()
-
-    async def scenario() -> int:
-        app = make_app(tiny_config(tmp_path), trainer_factory=broken)
-        async with app.run_test(size=(100, 30)) as pilot:
-            await until(pilot, lambda: isinstance(app.screen, ErrorScreen))
-            assert "the GPU caught fire" in app.screen.message
-            await pilot.press("escape", "q")
-            await until(pilot, lambda: not app.is_running)
-        return app.exit_code
-
-    assert asyncio.run(scenario()) == 1
-
-
-@pytest.mark.parametrize("size", [(100, 30), (80, 24)])
-async def test_views_switch_while_training(tmp_path: Path, size: tuple[int, int]) -> None:
-    app = recorded_app(slow_config(tmp_path))
-    async with app.run_test(size=size) as pilot:
-        await until(pilot, lambda: seen(app, RunStarted) and len(seen(app, IterLosses)) >= 1)
-        for key, view in (("2", "tree"), ("3", "full-log"), ("1", "dashboard"), ("tab", "tree")):
-            await pilot.press(key)
-            assert app.query_one("#views").current == view
-        await pilot.press("q", "y")
+    app = make_app(InProcessLink(tiny_config(tmp_path), trainer=broken))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        assert "the GPU caught fire" in app.screen.message
+        await pilot.press("escape", "q")
         await until(pilot, lambda: not app.is_running)
-    assert app.exit_code == 0
+    assert app.exit_code == 1
 
 
-async def test_a_non_finite_loss_pauses_the_dashboard_and_says_so(
+async def test_a_non_finite_loss_pauses_the_dashboard_and_resuming_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import core.train as train_mod
@@ -167,15 +189,110 @@ async def test_a_non_finite_loss_pauses_the_dashboard_and_says_so(
         return loss * float("nan") if kwargs.get("reduction") is None else loss
 
     monkeypatch.setattr(train_mod.F, "cross_entropy", poisoned)
-    app = recorded_app(tiny_config(tmp_path))
+    app, _ = live_app(tiny_config(tmp_path))
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: app.state.status == PAUSED and app.state.message is not None)
-        assert "non-finite loss at epoch 1, batch 2" in app.state.message
-        await until(pilot, lambda: "non-finite loss" in str(app.query_one("#status").render()), timeout=2)
-        await pilot.press("p")  # resuming would train on NaN weights: it stays paused
-        await pilot.pause(1.0)
-        assert app.state.status == PAUSED
+        assert "non-finite loss at epoch 1" in app.state.message
+        assert "resume" not in footer_keys(app)
+        await pilot.press("p")  # resuming would train on NaN weights: refused, and said so
+        assert "cannot resume: non-finite loss" in log_text(app)
         await pilot.press("q", "y")
         await until(pilot, lambda: not app.is_running)
-    assert app.exit_code == 0
+    assert app.outcome == StopReason.NONFINITE and app.exit_code == 1
     assert not list(Path(tmp_path / "runs").glob("*/checkpoints/last.pt"))  # nothing finite to keep yet
+
+
+# --- the same app over a run directory --------------------------------------------
+
+
+def written_run(root: Path, script: list, hold: bool) -> tuple[Path, RunDir | None]:
+    run = RunDir.create_at(root / "run")
+    run.write_config({})
+    for e in script:
+        run.write(e)
+    if hold:
+        return run.path, run
+    run.close()
+    return run.path, None
+
+
+async def test_a_finished_run_is_a_post_mortem_that_cannot_be_steered(tmp_path: Path) -> None:
+    script = [*events(epochs=3, batches=4, log_every=2)]
+    script.append(RunFinished(script[-1].test_acc, script[-1].test_acc, 3, 12.5))
+    path, _ = written_run(tmp_path, script, hold=False)
+    app = make_app(DirectoryLink(path))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.state.status == FINISHED and app.state.watching is not None, timeout=10)
+        await until(pilot, lambda: "watching only" in str(app.query_one("#status").render()), timeout=5)
+        acc = [e for e in script if isinstance(e, EpochEnded)][-1].test_acc
+        assert f"test acc {acc:.2f}%" in log_text(app)
+        assert len(app.state.iter_losses) == sum(len(e.losses) for e in script if e.kind == "iter_losses")
+        assert not {"pause", "resume", "next stage", "save", "stop run"} & footer_keys(app)
+        await pilot.press("p")
+        assert "cannot pause: the run has finished" in log_text(app)
+        await pilot.press("q")
+    assert app.exit_code == 0
+
+
+async def test_keys_reach_a_live_run_and_leaving_does_not_stop_it(tmp_path: Path) -> None:
+    script = list(events(epochs=1, batches=4, log_every=2))
+    path, holder = written_run(tmp_path, script, hold=True)
+    assert holder is not None
+    control = path / "control"
+
+    def queued() -> list[str]:
+        return sorted(p.name.rsplit("-", 1)[-1] for p in control.iterdir() if not p.name.startswith("."))
+
+    try:
+        app = make_app(DirectoryLink(path))
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.state.watching is not None and app.state.status == RUNNING, timeout=10)
+            await until(pilot, lambda: "◉ attached" in str(app.query_one("#status").render()), timeout=5)
+            assert {"pause", "next stage", "save", "stop run"} <= footer_keys(app)
+            await pilot.press("p", "s", "n")
+            assert queued() == ["next", "pause", "save"]
+            assert "watch pid" in (control / sorted(p.name for p in control.iterdir())[0]).read_text()
+            await pilot.press("x")  # stopping asks first
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("n")
+            assert "stop" not in queued()
+            await pilot.press("x", "y")
+            assert "stop" in queued()
+            for p in control.iterdir():
+                p.unlink()
+            await pilot.press("q")  # leaving sends nothing
+        assert app.exit_code == 0 and queued() == [] and app.outcome == StopReason.LEFT
+    finally:
+        holder.close()
+
+
+async def test_a_live_run_and_a_watched_run_of_the_same_events_draw_the_same_screen(tmp_path: Path) -> None:
+    script = list(events(epochs=3, batches=40, log_every=10))
+    live = make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(lambda: iter(script))))
+    path, _ = written_run(tmp_path, script, hold=False)
+    watched = make_app(DirectoryLink(path))
+    screens = []
+    for app in (live, watched):
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda app=app: len(app.state.epochs) == 3 and app.settled)
+            await pilot.pause(0.3)
+            await until(pilot, lambda app=app: app.settled)
+            screens.append(
+                [str(app.query_one(sel).render()) for sel in ("#stage-title", "#stage-epoch", "#loss-curve")]
+                + [app.query_one("#modules").row_count]
+            )
+            await pilot.press("q", "y")
+    assert screens[0] == screens[1]
+
+
+def test_a_resumed_run_in_process_starts_from_its_whole_story(tmp_path: Path) -> None:
+    from tests.conftest import train
+    from tests.test_rundir import stopped_run
+    from tui.links import replay_history
+
+    home = stopped_run(tmp_path, "2,1,0")
+    seen: list = []
+    replay_history(home, seen.append)
+    assert [e.epoch for e in seen if isinstance(e, EpochEnded)] == [1, 2]
+    assert torch.load(home / "checkpoints" / "last.pt", weights_only=True)["position"]["stage"] == 1
+    assert train  # the resumed run itself is covered in test_trainer

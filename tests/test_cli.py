@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import cli
-from tui.options import OPTIONS
+from tests.conftest import cli, tiny_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +26,7 @@ TINY = ("--image-size", "8", "--limit-train", "16", "--limit-test", "8", "--batc
         (("--batch-size", "0"), "--batch-size must be at least 1"),
         (("--batch-size", "-3"), "--batch-size must be at least 1"),
         (("--batch-size", "abc"), "Invalid value for '--batch-size'"),
-        (("--limit-train", "0"), "--limit-train must be at least 1"),
+        (("--limit-train", "0"), "--limit-train must be at least 2"),
         (("--limit-test", "-1"), "--limit-test must be at least 1"),
         (("--log-every", "0"), "--log-every must be at least 1"),
         (("--image-size", "4"), "--image-size must be at least 8"),
@@ -36,9 +35,15 @@ TINY = ("--image-size", "8", "--limit-train", "16", "--limit-test", "8", "--batc
         (("--device", "cuda:x"), "unknown --device"),
         (("--precision", "fp8"), "unknown --precision 'fp8'"),
         (("--augment", "wild"), "unknown --augment 'wild'"),
-        (("--name", "a/b"), "--name must be"),
+        (("--name", "a/b"), "--name must be one path component"),
         (("--name", ""), "--name must be"),
-        (("--data-dir", " "), "--data-dir must not be empty"),
+        (("--name", ".."), "--name must be"),
+        (("--data-dir", " "), "--data-dir must be a path"),
+        (("--batch-size", "1e20"), "Invalid value for '--batch-size'"),
+        (("--batch-size", "100000000000000000000"), "--batch-size must be at most 65536"),
+        (("--seed", "100000000000000000000000"), "--seed must be at most"),
+        (("--moments", "sometimes"), "--moments must be one of keep, fresh"),
+        (("--limit-train", "1"), "--limit-train must be at least 2"),
         (("--weights", "/no/such/file.pth"), "weights file /no/such/file.pth does not exist"),
         # Control characters typed into a value are shown escaped: the error stays one line.
         (("--weights", "w\x1e\n.pth"), "weights file w\\x1e\\n.pth does not exist"),
@@ -58,12 +63,13 @@ TINY = ("--image-size", "8", "--limit-train", "16", "--limit-test", "8", "--batc
 def test_bad_input_is_one_line_and_a_nonzero_exit(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, args: tuple[str, ...], message: str
 ) -> None:
-    code, out, err = cli(capsys, "run", "--weights", "none", "--runs-root", str(tmp_path), *args)
+    code, out, err = cli(capsys, "run", "--weights", "none", "--runs-root", str(tmp_path / "runs"), *args)
     assert code != 0
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("cbam-tui: error: ") and message in lines[0]
     assert "Traceback" not in out + err
+    assert not (tmp_path / "runs").exists()  # nothing written
 
 
 def test_missing_data_and_no_network_are_one_line(
@@ -94,13 +100,72 @@ def test_cuda_on_a_machine_without_it(capsys: pytest.CaptureFixture[str], tmp_pa
     assert code == 1 and "no CUDA device is available" in err
 
 
-def test_resume_refuses_options_that_define_the_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, _, err = cli(capsys, "run", "--resume", str(tmp_path), "--batch-size", "8")
-    assert code == 1 and "--batch-size cannot be changed when resuming" in err
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real tiny run, stopped in its first stage."""
+    from core.control import Control
+    from core.rundir import StopReason
+
+    tmp = tmp_path_factory.mktemp("resume")
+    control = Control()
+    outcome, rec = train(
+        tiny_config(tmp), lambda e: control.stop(StopReason.QUIT) if e.kind == "batch_logged" else None, control
+    )
+    assert outcome == StopReason.QUIT
+    return rec.run_dir
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--batch-size", "16"), "--batch-size cannot be changed when resuming: the run continues with its saved settings (it has 8)"),
+        (("--stage-epochs", "2,2,2"), "--stage-epochs cannot be changed when resuming"),
+        (("--lrs", "1e-2,1e-3,1e-3"), "--lrs cannot be changed when resuming"),
+        (("--preset", "seed"), "--preset cannot be changed"),
+        (("--runs-root", "elsewhere"), "--runs-root does not apply when resuming a run directory"),
+        (("--run-dir", "elsewhere"), "--run-dir does not apply when resuming a run directory"),
+    ],
+)
+def test_resume_refuses_what_it_cannot_change(capsys, stopped_run: Path, args: tuple[str, ...], message: str) -> None:
+    code, _, err = cli(capsys, "demo", "--resume", str(stopped_run), *args)
+    assert code == 1 and message in err and err.count("\n") == 1, err
+
+
+def test_resume_takes_what_may_change_and_the_same_value_of_what_may_not(
+    capsys, stopped_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tui.launch
+
+    started: list = []
+    monkeypatch.setattr(tui.launch, "headless", lambda config: started.append(config) or 0)
+    code, _, err = cli(capsys, "demo", "--headless", "--resume", str(stopped_run), "--batch-size", "8",
+                       "--stage-epochs", "1,1,1", "--log-every", "50", "--no-download", "--device", "cpu")
+    assert code == 0, err
+    (config,) = started
+    assert (config.batch_size, config.log_every, config.download, config.resume) == (
+        8, 50, False, str(stopped_run / "checkpoints" / "last.pt"))
+
+
+def test_resume_errors(capsys, tmp_path: Path) -> None:
     code, _, err = cli(capsys, "run", "--resume", "/no/run")
     assert code == 1 and err.strip() == "cbam-tui: error: nothing to resume at /no/run: no such run directory or checkpoint"
-    code, _, err = cli(capsys, "run", "--resume", str(tmp_path))
-    assert code == 1 and "has no checkpoint to resume from" in err
+    (tmp_path / "plain").mkdir()
+    code, _, err = cli(capsys, "run", "--resume", str(tmp_path / "plain"))
+    assert code == 1 and "is not a cbam-tui run directory" in err
+
+
+def test_demo_takes_a_plan_file(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tui.launch
+
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[[stage]]\nname = "all"\nepochs = 2\n[[stage.group]]\nmodules = ["all"]\nlr = 5e-4\n')
+    started: list = []
+    monkeypatch.setattr(tui.launch, "headless", lambda config: started.append(config) or 0)
+    code, _, err = cli(capsys, "demo", "--headless", "--plan", str(plan), "--runs-root", str(tmp_path))
+    assert code == 0, err
+    (config,) = started
+    assert [(s.epochs, s.groups[0].lr) for s in config.plan.stages] == [(2, 5e-4)]
+    assert config.dataset == "synthetic" and config.batch_size == 32  # the rest of demo's defaults hold
 
 
 def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -146,6 +211,17 @@ def test_core_imports_no_ui_code() -> None:
 
 def test_the_readme_documents_every_option() -> None:
     readme = (ROOT / "README.md").read_text()
-    for o in OPTIONS:
-        for flag in o.decls[0].split("/"):
-            assert f"`{flag}" in readme, f"{flag} is missing from the README's option table"
+    flags = [flag for flag in run_flags() if flag != "--help"]
+    assert len(flags) > 25
+    for flag in flags:
+        assert f"`{flag}" in readme, f"{flag} is missing from the README's option table"
+
+
+def run_flags() -> list[str]:
+    """Every flag of `run` (and `demo`), as click knows them."""
+    import typer.main
+
+    from tui.cli import app
+
+    command = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
+    return [flag for p in command.params for flag in (*p.opts, *p.secondary_opts) if flag.startswith("--")]

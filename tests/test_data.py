@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.data import DataSpec, Split, batch_indices, limit, load_data, synthetic
+from core.data import DataSpec, Split, batch_indices, count_batches, limit, load_data, synthetic
 from core.errors import DataError
 
 
@@ -98,6 +98,10 @@ def test_cifar10_from_its_python_batches(fake_cifar: Path) -> None:
     data = load_data(DataSpec(dataset="cifar10", data_dir=str(fake_cifar), download=False))
     assert data.train.images.shape == (100, 3, 32, 32) and len(data.test) == 20
     assert data.classes[0] == "airplane" and data.train.labels[:3].tolist() == [0, 1, 2]
+    import pickle
+
+    first = pickle.loads((fake_cifar / "cifar-10-batches-py" / "data_batch_1").read_bytes())["data"][0]
+    assert data.train.images[0].flatten().tolist() == first.tolist()  # channels first, as the batches store them
 
 
 def test_cifar10_absent_without_download_says_where(tmp_path: Path) -> None:
@@ -120,10 +124,28 @@ def test_cifar10_download_failure_is_one_sentence(tmp_path: Path, monkeypatch: p
     assert "\n" not in str(info.value)
 
 
-def test_corrupt_cifar_batch(fake_cifar: Path) -> None:
-    (fake_cifar / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"oops")
-    with pytest.raises(DataError, match="data_batch_3 is not a readable"):
-        load_data(DataSpec(dataset="cifar10", data_dir=str(fake_cifar), download=False))
+def test_a_cifar_file_that_fails_its_checksum_is_never_unpickled(fake_cifar: Path, tmp_path: Path) -> None:
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Touch:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for garbage in (b"oops", pickle.dumps(Touch())):
+        (fake_cifar / "cifar-10-batches-py" / "data_batch_3").write_bytes(garbage)
+        with pytest.raises(DataError, match="do not match their published checksums") as info:
+            load_data(DataSpec(dataset="cifar10", data_dir=str(fake_cifar), download=False))
+        assert "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_a_cifar_archive_is_checked_before_it_is_extracted(tmp_path: Path) -> None:
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not the archive")
+    with pytest.raises(DataError, match="does not match CIFAR-10's published checksum"):
+        load_data(DataSpec(dataset="cifar10", data_dir=str(tmp_path), download=False))
+    assert not (tmp_path / "cifar-10-batches-py").exists()
 
 
 def test_limits_are_class_balanced_and_seeded() -> None:
@@ -161,6 +183,42 @@ def test_synthetic_is_deterministic_balanced_and_learnable() -> None:
             opt.step()
     acc = (net(test.images.float() / 255).argmax(1) == test.labels).float().mean().item()
     assert acc > 0.5
+
+
+def test_a_damaged_cache_is_rebuilt_and_a_failing_cache_disk_only_slows_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from core import safefs
+
+    root, cache = tmp_path / "imgs", tmp_path / "cache"
+    write_folder(root, {"a": 4, "b": 4})
+    first = load_data(spec(root, cache))
+    (entry,) = [f for f in cache.iterdir() if f.name.startswith("train-")]
+    data = bytearray(entry.read_bytes())
+    data[-2000:-1990] = bytes(10)  # garbled inside the pixels: torch still loads it
+    entry.write_bytes(bytes(data))
+    seen: list[str] = []
+    again = load_data(spec(root, cache), lambda m, d, t: seen.append(m))
+    assert any("decode cache of train is damaged" in m for m in seen) and any(m.startswith("decoding") for m in seen)
+    assert torch.equal(again.train.images, first.train.images)
+
+    def full(self, name, data, durable=True):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safefs.Dir, "write_atomic", full)
+    fresh = tmp_path / "cache2"
+    loaded = load_data(spec(root, fresh))  # no cache written, nothing lost
+    assert torch.equal(loaded.train.images, first.train.images) and not list(fresh.glob("*.pt"))
+
+
+def test_count_batches_agrees_with_the_batches_for_every_size() -> None:
+    cpu = torch.device("cpu")
+    for n in range(2, 40):
+        batches = batch_indices(n, 8, seed=0, epoch=1, device=cpu)
+        assert len(batches) == count_batches(n, 8) and min(len(b) for b in batches) >= 2
+        assert sorted(torch.cat(batches).tolist()) == list(range(n))
 
 
 def test_batches_cover_the_epoch_once_and_depend_on_seed_and_epoch() -> None:

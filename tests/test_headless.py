@@ -1,18 +1,23 @@
-"""The real console script, headless: a whole demo, and Ctrl-C then --resume."""
+"""The real console script, headless: a whole demo, Ctrl-C then --resume, a second
+Ctrl-C, a detached run; and signal handlers only where the CLI installs them."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 CBAM_TUI = str(Path(sys.executable).with_name("cbam-tui"))
 TINY = ["--image-size", "8", "--limit-test", "24", "--batch-size", "8", "--log-every", "2"]
+
+pytestmark = pytest.mark.slow
 
 
 def test_demo_headless_finishes_three_stages_with_a_complete_run_directory(tmp_path: Path) -> None:
@@ -24,7 +29,7 @@ def test_demo_headless_finishes_three_stages_with_a_complete_run_directory(tmp_p
     assert done.returncode == 0, done.stderr
     out = done.stdout
     for stage in (1, 2, 3):
-        assert f" Stage {stage}/3: " in out
+        assert f"=== Stage {stage}/3: " in out
     assert "Epoch: 1/3 | Batch: 2/6 | Batch loss: " in out
     assert "Epoch 3/3 done | " in out and "finished in " in out
     assert {p.name for p in run_dir.iterdir()} >= {"config.json", "events.jsonl", "metrics.csv", "checkpoints"}
@@ -34,22 +39,22 @@ def test_demo_headless_finishes_three_stages_with_a_complete_run_directory(tmp_p
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 4
 
 
-def start_until(run_dir: Path, limit_train: str, line_start: str) -> subprocess.Popen[str]:
+def start_until(run_dir: Path, limit_train: str, line_start: str, env: dict | None = None) -> subprocess.Popen[str]:
     """A headless demo, returned once it has printed a line starting with ``line_start``."""
     proc = subprocess.Popen(
         [CBAM_TUI, "demo", "--headless", "--run-dir", str(run_dir), "--limit-train", limit_train, *TINY],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
     )
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith(line_start):
             return proc
-    raise AssertionError(f"the run ended before printing {line_start!r}")
+    raise AssertionError(f"the run ended before printing {line_start!r}: {proc.stderr.read() if proc.stderr else ''}")
 
 
 def test_ctrl_c_saves_and_resume_continues_where_it_stopped(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = start_until(run_dir, "480", "Epoch: 1/3 | Batch: 10/")
+    proc = start_until(run_dir, "160", "Epoch: 1/3 | Batch: 10/")
     proc.send_signal(signal.SIGINT)  # Ctrl-C once: finish the batch, save, exit 130
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -62,20 +67,76 @@ def test_ctrl_c_saves_and_resume_continues_where_it_stopped(tmp_path: Path) -> N
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr
-    assert "cbam-tui resuming" in done.stdout and "finished in " in done.stdout
-    started = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    resumed = [e for e in started if e["event"] == "run_started"][-1]
+    assert f"resumed at epoch 1, batch {stopped['batch']}" in done.stdout and "finished in " in done.stdout
+    written = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    resumed = [e for e in written if e["event"] == "run_started"][-1]
     assert (resumed["start_stage"], resumed["start_epoch"], resumed["start_batch"]) == (1, 1, stopped["batch"])
-    assert [e["epoch"] for e in started if e["event"] == "epoch_ended"] == [1, 2, 3]
+    assert [e["epoch"] for e in written if e["event"] == "epoch_ended"] == [1, 2, 3]
 
 
 def test_a_second_ctrl_c_exits_at_once_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
+    """The stop checkpoint is made to take 60 s: only the second Ctrl-C's immediate exit ends it soon."""
     run_dir = tmp_path / "run"
-    proc = start_until(run_dir, "960", "Epoch 1/3 done")
-    time.sleep(0.5)
+    proc = start_until(run_dir, "480", "Epoch 1/3 done", env={"CBAM_TUI_FAULTS": "save:stop=sleep:60"})
+    before = (run_dir / "checkpoints" / "last.pt").read_bytes()
     proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)  # it reaches the (slow) stop checkpoint; a second signal ends it either way
+    sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    assert proc.returncode in (130, -signal.SIGINT)
-    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert ckpt["format"] == "cbam-tui" and ckpt["position"]["epoch"] >= 2
+    proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 10 and proc.returncode == 130
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before  # the last complete one, untouched
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["position"]["epoch"] == 2
+
+
+def test_run_detach_starts_a_child_from_the_runs_own_config(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [CBAM_TUI, "demo", "--detach", "--runs-root", str(tmp_path / "runs"), "--limit-train", "960", *TINY],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    pid = int((run / "run.pid").read_text())
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"_child" in cmdline and b"--batch-size" not in cmdline  # no argv re-serialised
+        config = json.loads((run / "config.json").read_text())
+        assert (config["batch_size"], config["image_size"], config["limit_train"]) == (8, 8, 960)
+        assert "dashboard: cbam-tui watch" in done.stdout
+        stop = subprocess.run([CBAM_TUI, "ctl", str(run), "stop"], capture_output=True, text=True, timeout=120)
+        assert stop.returncode == 0, stop.stderr
+    finally:
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_detached_child_that_fails_at_once_is_an_error_in_the_foreground(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    for split in ("train", "test"):
+        (images / split).mkdir(parents=True)  # no class folders: found only when the data loads
+    done = subprocess.run(
+        [CBAM_TUI, "run", "--detach", "--dataset", "imagefolder", "--data-dir", str(images), "--weights", "none",
+         "--runs-root", str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1
+    assert "the background run ended at once" in done.stderr and "no class folders" in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+def test_no_library_object_installs_a_signal_handler(tmp_path: Path) -> None:
+    code = (
+        "import signal\n"
+        "before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)}\n"
+        "import tui.app, tui.headless, tui.links, core.train\n"
+        "from tests.conftest import tiny_config\n"
+        "from pathlib import Path\n"
+        f"cfg = tiny_config(Path({str(tmp_path)!r}))\n"
+        "link = tui.links.InProcessLink(cfg)\n"
+        "app = tui.app.make_app(link)\n"
+        "core.train.Trainer(cfg, print)\n"
+        "after = {s: signal.getsignal(s) for s in before}\n"
+        "print('SAME', before == after)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert "SAME True" in out.stdout, out.stderr

@@ -8,32 +8,30 @@ import pytest
 
 from tests.conftest import tiny_config
 from tests.scripted import ScriptedTrainer, events
-from tui.app import REDRAW_S, make_app
+from tui.app import make_app
+from tui.links import InProcessLink
 
 SIZES = [(100, 30), (80, 24)]
 
 
 def scripted_app(tmp_path: Path):
-    return make_app(tiny_config(tmp_path), trainer_factory=ScriptedTrainer(lambda: events(epochs=3)))
+    return make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(lambda: events(epochs=3))))
 
 
-async def played(pilot) -> None:
+async def settled(pilot) -> None:
+    """Every event drawn: the app's own public signal, never a sleep."""
     app = pilot.app
-    while len(app.state.epochs) < 3:
+    while not (len(app.state.epochs) == 3 and app.settled):
         await pilot.pause(0.05)
-    # Every event drawn, then time for the last redraw to settle on a busy machine.
-    while app._drawn != app.state.version:
-        await pilot.pause(0.05)
-    await pilot.pause(REDRAW_S * 6)
 
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize(("keys", "view"), [((), "dashboard"), (("2",), "tree"), (("3",), "log"), (("question_mark",), "help")])
 def test_view_snapshot(snap_compare, tmp_path: Path, size: tuple[int, int], keys: tuple[str, ...], view: str) -> None:
     async def before(pilot) -> None:
-        await played(pilot)
+        await settled(pilot)
         for key in keys:
             await pilot.press(key)
-        await pilot.pause(REDRAW_S * 2)
+        await settled(pilot)
 
     assert snap_compare(scripted_app(tmp_path), terminal_size=size, run_before=before)

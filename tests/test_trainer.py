@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from core.control import Control
-from core.errors import CbamError, CheckpointError, RunDirError
+from core.errors import CbamError, CheckpointError
 from core.events import (
     BatchLogged,
     CheckpointSaved,
@@ -26,24 +26,14 @@ from core.events import (
     from_dict,
 )
 from core.plan import PlanOptions
-from core.run_dir import RunDir
-from core.train import FINISHED, STOPPED, Trainer
-from tests.conftest import Recorder, tiny_config
+from core.rundir import StopReason
+from tests.conftest import tiny_config, train
 
-
-def run(config, react=None, control=None):
-    control = control or Control()
-    rec = Recorder(react)
-    outcome = Trainer(config, rec, control).run()
-    return outcome, rec
-
-
-def run_dir_of(rec: Recorder) -> Path:
-    return Path(rec.events[0].run_dir if hasattr(rec.events[0], "run_dir") else next(e.run_dir for e in rec.events if hasattr(e, "run_dir")))
+FINISHED = StopReason.FINISHED
 
 
 def test_a_full_run_emits_events_in_order_and_keeps_everything(tmp_path: Path) -> None:
-    outcome, rec = run(tiny_config(tmp_path))
+    outcome, rec = train(tiny_config(tmp_path))
     assert outcome == FINISHED
     kinds = rec.kinds()
     assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
@@ -54,14 +44,18 @@ def test_a_full_run_emits_events_in_order_and_keeps_everything(tmp_path: Path) -
     assert len(losses) == 18 and all(isinstance(v, float) for v in losses)
     steps = [e.first_step for e in rec.of(IterLosses)]
     assert steps == sorted(steps) and steps[0] == 1
+    # A loss line is the mean of its batches, not the last batch's loss.
+    first_line = rec.of(BatchLogged)[0]
+    assert first_line.loss == pytest.approx(sum(losses[:2]) / 2, rel=1e-5)
     stages = rec.of(StageStarted)
     assert [s.stage for s in stages] == [1, 2, 3]
     assert stages[0].modules[0].name == "conv1" and stages[0].modules[0].trainable == "yes"
     assert stages[0].trainable_params < stages[1].trainable_params < stages[2].trainable_params == stages[2].total_params
+    assert stages[2].row_trainable[0] == stages[2].total_params
     # The run directory: every persistent event, one row per epoch, both checkpoints.
-    home = run_dir_of(rec)
+    home = rec.run_dir
     lines = (home / "events.jsonl").read_text().splitlines()
-    persisted = [e for e in rec.events if not e.transient]
+    persisted = [e for e in rec.events if not e.transient and e.kind != "loading"]
     assert [json.loads(line)["event"] for line in lines] == [e.kind for e in persisted]
     assert from_dict(json.loads(lines[-1])) == persisted[-1]
     rows = list(csv.DictReader((home / "metrics.csv").open()))
@@ -84,7 +78,7 @@ def test_pause_stops_training_until_resume(tmp_path: Path) -> None:
         if isinstance(e, Paused):
             threading.Timer(0.5, lambda: (resumed_at.append(1), control.resume())).start()
 
-    outcome, rec = run(tiny_config(tmp_path), react, control)
+    outcome, rec = train(tiny_config(tmp_path), react, control)
     assert outcome == FINISHED and resumed_at
     kinds = [e.kind for e in rec.events]
     p, r = kinds.index("paused"), kinds.index("resumed")
@@ -99,7 +93,7 @@ def test_next_stage_ends_the_epoch_early_and_on_the_last_stage_ends_the_run(tmp_
         if isinstance(e, BatchLogged) and e.batch == 2 and e.stage in (1, 3):
             control.next_stage()
 
-    outcome, rec = run(tiny_config(tmp_path, plan_opts=PlanOptions(stage_epochs="2,1,2")), react, control)
+    outcome, rec = train(tiny_config(tmp_path, plan_opts=PlanOptions(stage_epochs="2,1,2")), react, control)
     assert outcome == FINISHED
     ended = rec.of(EpochEnded)
     # Stage 1 (2 epochs) is cut after 2 batches of epoch 1; epoch 2 never runs.
@@ -115,80 +109,161 @@ def test_save_now_writes_a_mid_epoch_checkpoint(tmp_path: Path) -> None:
         if isinstance(e, BatchLogged) and e.global_step == 4:
             control.save()
 
-    outcome, rec = run(tiny_config(tmp_path), react, control)
+    outcome, rec = train(tiny_config(tmp_path), react, control)
     saved = [e for e in rec.of(CheckpointSaved) if e.reason == "save"]
     assert outcome == FINISHED and len(saved) == 1
     assert (saved[0].stage, saved[0].epoch, saved[0].batch) == (1, 1, 4)
 
 
 def test_a_stage_with_zero_epochs_is_skipped(tmp_path: Path) -> None:
-    outcome, rec = run(tiny_config(tmp_path, plan_opts=PlanOptions(stage_epochs="1,0,1")))
+    outcome, rec = train(tiny_config(tmp_path, plan_opts=PlanOptions(stage_epochs="1,0,1")))
     assert outcome == FINISHED
     assert [(e.stage, e.reason) for e in rec.of(StageSkipped)] == [(2, "0 epochs")]
     assert [s.stage for s in rec.of(StageStarted)] == [1, 3]
+
+
+def test_a_last_batch_of_one_image_joins_the_one_before(tmp_path: Path) -> None:
+    # 17 images in batches of 8: 8 + 9, never a batch of 1 (BatchNorm in train mode needs 2).
+    outcome, rec = train(tiny_config(tmp_path, limit_train=17, plan_opts=PlanOptions(stage_epochs="1,0,1")))
+    assert outcome == FINISHED
+    assert {e.batches_done for e in rec.of(EpochEnded)} == {2}
+    assert rec.of(BatchLogged)[-1].batches == 2
 
 
 def final_weights(home: Path) -> dict[str, torch.Tensor]:
     return torch.load(home / "checkpoints" / "last.pt", weights_only=True)["model"]
 
 
-# (stage, run epoch, batch): mid-epoch in a later stage, at a stage's start, at the end of
-# an epoch (the stop lands during its evaluation), and during the last evaluation of a stage.
-@pytest.mark.parametrize("stop_at", [(2, 3, 3), (1, 1, 0), (2, 2, 6), (1, 1, 6)])
-def test_stop_then_resume_gives_the_same_final_weights(tmp_path: Path, stop_at: tuple[int, int, int]) -> None:
-    plan = PlanOptions(stage_epochs="1,2,1", lrs="1e-2,1e-3,1e-3")
-    outcome, full = run(tiny_config(tmp_path / "a", plan_opts=plan))
-    assert outcome == FINISHED
+_UNINTERRUPTED: dict[PlanOptions, Path] = {}
 
+
+def uninterrupted(tmp_path: Path, plan: PlanOptions) -> Path:
+    """A whole run of ``plan``, once per test session."""
+    if plan not in _UNINTERRUPTED or not _UNINTERRUPTED[plan].exists():
+        outcome, full = train(tiny_config(tmp_path / "a", plan_opts=plan))
+        assert outcome == FINISHED
+        _UNINTERRUPTED[plan] = full.run_dir
+    return _UNINTERRUPTED[plan]
+
+
+def stop_and_resume(tmp_path: Path, plan: PlanOptions, stop_at: tuple[int, int, int]) -> tuple[Path, Path]:
+    """A run uninterrupted (a) and the same run stopped at (stage, epoch, batch) then resumed (b)."""
+    full = uninterrupted(tmp_path, plan)
     control = Control()
     stage, epoch, batch = stop_at
 
     def react(e) -> None:
         if batch and isinstance(e, BatchLogged) and (e.stage, e.epoch) == (stage, epoch) and e.batch >= batch:
-            control.stop("test")
+            control.stop(StopReason.QUIT)
         if not batch and isinstance(e, StageStarted) and e.stage == stage:
-            control.stop("test")
+            control.stop(StopReason.QUIT)
 
-    outcome, first = run(tiny_config(tmp_path / "b", plan_opts=plan), react, control)
-    assert outcome == STOPPED
+    outcome, first = train(tiny_config(tmp_path / "b", plan_opts=plan), react, control)
+    assert outcome == StopReason.QUIT
     stopped = first.of(RunStopped)[0]
     assert stopped.checkpoint is not None and (stopped.stage, stopped.epoch) == (stage, epoch)
     position = torch.load(stopped.checkpoint, weights_only=True)["position"]
     assert position["trained"] == (batch == 6)  # a stop during evaluation leaves only the evaluation
-    home = run_dir_of(first)
-    outcome, second = run(tiny_config(tmp_path / "b", resume=str(home)))
-    assert outcome == FINISHED
-    assert second.events[0].kind == "loading" and second.of(RunFinished)
-    a, b = final_weights(run_dir_of(full)), final_weights(home)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    outcome, second = train(tiny_config(tmp_path / "b", resume=str(first.run_dir)))
+    assert outcome == FINISHED and second.events[0].kind == "loading" and second.of(RunFinished)
+    return full, first.run_dir
+
+
+# (stage, run epoch, batch): mid-epoch in a later stage, at a stage's start, at the end of
+# an epoch (the stop lands during its evaluation), and during the last evaluation of a stage.
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    "stop_at", [(2, 3, 3), pytest.param((1, 1, 0), marks=SLOW), pytest.param((2, 2, 6), marks=SLOW),
+                pytest.param((1, 1, 6), marks=SLOW)],
+)
+def test_stop_then_resume_gives_the_same_final_weights(tmp_path: Path, stop_at: tuple[int, int, int]) -> None:
+    a, b = stop_and_resume(tmp_path, PlanOptions(stage_epochs="1,2,1", lrs="1e-2,1e-3,1e-3"), stop_at)
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     # The resumed run appended to the same directory: one metrics row per epoch, as uninterrupted.
-    rows = list(csv.DictReader((home / "metrics.csv").open()))
-    full_rows = list(csv.DictReader((run_dir_of(full) / "metrics.csv").open()))
-    assert [(r["epoch"], r["train_loss"], r["test_acc"]) for r in rows] == [
-        (r["epoch"], r["train_loss"], r["test_acc"]) for r in full_rows
-    ]
+    rows = [(r["epoch"], r["train_loss"], r["test_acc"]) for r in csv.DictReader((b / "metrics.csv").open())]
+    assert rows == [(r["epoch"], r["train_loss"], r["test_acc"]) for r in csv.DictReader((a / "metrics.csv").open())]
 
 
-def test_resume_refuses_a_finished_run_and_foreign_checkpoints(tmp_path: Path) -> None:
-    _, rec = run(tiny_config(tmp_path))
-    home = run_dir_of(rec)
+@pytest.mark.parametrize("moments", ["keep", pytest.param("fresh", marks=SLOW)])
+def test_the_moment_policy_at_a_stage_switch_survives_a_resume(tmp_path: Path, moments: str) -> None:
+    # Stopped right as stage 2 starts: the checkpoint holds stage 1's optimizer, whose
+    # moments the resumed run must hand on (keep) or drop (fresh) exactly as an uninterrupted one.
+    plan = PlanOptions(stage_epochs="1,1,0", lrs="1e-2,1e-3,1e-3", moments=moments)
+    a, b = stop_and_resume(tmp_path, plan, (2, 2, 0))
+    opt_a = torch.load(a / "checkpoints" / "last.pt", weights_only=True)["optimizer"]
+    opt_b = torch.load(b / "checkpoints" / "last.pt", weights_only=True)["optimizer"]
+    steps = {float(s["step"]) for s in opt_a["state"].values()}
+    assert steps == ({12.0, 6.0} if moments == "keep" else {6.0})  # new modules trained on in both stages
+    assert all(torch.equal(opt_a["state"][k]["exp_avg"], opt_b["state"][k]["exp_avg"]) for k in opt_a["state"])
+    wa, wb = final_weights(a), final_weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@SLOW
+def test_the_gradient_scaler_is_checkpointed_and_restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp16 needs CUDA; its GradScaler's state (scale, growth tracker) must come back on resume.
+    Here a scaler whose state moves with every step stands in for the real one."""
+
+    class MovingScaler(torch.amp.GradScaler):
+        def __init__(self, device: str, enabled: bool = True) -> None:
+            super().__init__(device, enabled=False)
+            self.n = 0
+
+        def update(self, new_scale=None) -> None:
+            self.n += 1
+
+        def state_dict(self) -> dict:
+            return {"n": self.n}
+
+        def load_state_dict(self, state: dict) -> None:
+            self.n = state["n"]
+
+    monkeypatch.setattr(torch.amp, "GradScaler", MovingScaler)
+    _UNINTERRUPTED.pop(PlanOptions(stage_epochs="1,1,1", lrs="1e-2,1e-3,1e-3"), None)  # its scaler state is new here
+    a, b = stop_and_resume(tmp_path, PlanOptions(stage_epochs="1,1,1", lrs="1e-2,1e-3,1e-3"), (2, 2, 3))
+    _UNINTERRUPTED.pop(PlanOptions(stage_epochs="1,1,1", lrs="1e-2,1e-3,1e-3"), None)
+    sa = torch.load(a / "checkpoints" / "last.pt", weights_only=True)["scaler"]
+    sb = torch.load(b / "checkpoints" / "last.pt", weights_only=True)["scaler"]
+    assert sa == sb == {"n": 18}
+
+
+def test_resume_refuses_a_finished_run_without_writing_to_it(tmp_path: Path) -> None:
+    _, rec = train(tiny_config(tmp_path))
+    home = rec.run_dir
+    before = (home / "events.jsonl").read_bytes()
     with pytest.raises(CheckpointError, match="already finished"):
-        run(tiny_config(tmp_path, resume=str(home)))
+        train(tiny_config(tmp_path, resume=str(home)))
+    assert (home / "events.jsonl").read_bytes() == before
+    from core.checkpoint import serialize
+
     ckpt = torch.load(home / "checkpoints" / "last.pt", weights_only=True)
-    ckpt["arch"] = "vgg16"
-    torch.save(ckpt, tmp_path / "other-arch.pt")
-    with pytest.raises(CheckpointError, match="architecture 'vgg16'"):
-        run(tiny_config(tmp_path, resume=str(tmp_path / "other-arch.pt")))
-    ckpt["arch"] = "resnet18-cbam"
-    ckpt["classes"] = ["a", "b"]
-    torch.save(ckpt, tmp_path / "other-classes.pt")
-    with pytest.raises(CheckpointError, match="2 classes"):
-        run(tiny_config(tmp_path, resume=str(tmp_path / "other-classes.pt")))
+    ckpt.pop("digest")
+    ckpt["position"] = {"stage": 2, "epoch": 3, "batch": 0, "trained": False}  # not finished
+    for change, match in [({"arch": "vgg16"}, "architecture 'vgg16'"), ({"classes": ["a", "b"]}, "2 classes")]:
+        (tmp_path / "other.pt").write_bytes(serialize({**ckpt, **change}))
+        with pytest.raises(CheckpointError, match=match):
+            train(tiny_config(tmp_path, resume=str(tmp_path / "other.pt")))
     torch.save({"model": {}}, tmp_path / "plain.pt")
     with pytest.raises(CheckpointError, match="not a cbam-tui checkpoint"):
-        run(tiny_config(tmp_path, resume=str(tmp_path / "plain.pt")))
+        train(tiny_config(tmp_path, resume=str(tmp_path / "plain.pt")))
     with pytest.raises(CheckpointError, match="no such run"):
-        run(tiny_config(tmp_path, resume=str(tmp_path / "missing")))
+        train(tiny_config(tmp_path, resume=str(tmp_path / "missing")))
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_one_sentence(tmp_path: Path) -> None:
+    control = Control()
+    _, rec = train(tiny_config(tmp_path), lambda e: control.stop(StopReason.QUIT) if e.kind == "epoch_ended" else None,
+                   control)
+    last = rec.run_dir / "checkpoints" / "last.pt"
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 16] = bytes(16)  # garbled inside the tensor data
+    last.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match its digest") as info:
+        train(tiny_config(tmp_path, resume=str(rec.run_dir)))
+    assert "\n" not in str(info.value)
 
 
 def test_a_non_finite_loss_stops_without_overwriting_the_last_good_checkpoint(
@@ -208,32 +283,49 @@ def test_a_non_finite_loss_stops_without_overwriting_the_last_good_checkpoint(
         return loss
 
     monkeypatch.setattr(train_mod.F, "cross_entropy", poisoned)
-    outcome, rec = run(tiny_config(tmp_path))
-    assert outcome == STOPPED
+    outcome, rec = train(tiny_config(tmp_path))
+    assert outcome == StopReason.NONFINITE and outcome.exit_code == 1
     stopped = rec.of(RunStopped)[0]
-    assert "non-finite loss at epoch 2, batch 4" in stopped.reason
+    assert "non-finite loss at epoch 2, batch 4" in stopped.detail
     assert stopped.checkpoint is not None and stopped.checkpoint.endswith("last.pt")
     kept = torch.load(stopped.checkpoint, weights_only=True)
     assert kept["position"]["epoch"] == 2 and kept["position"]["batch"] == 0
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
 
 
-def test_failures_are_recorded_in_the_run_directory(tmp_path: Path) -> None:
+def test_a_failure_before_the_run_starts_leaves_no_run_directory(tmp_path: Path) -> None:
     for split in ("train", "test"):
         (tmp_path / "images" / split).mkdir(parents=True)
     with pytest.raises(CbamError, match="no class folders"):
-        run(tiny_config(tmp_path, dataset="imagefolder", data_dir=str(tmp_path / "images")))
-    (home,) = (tmp_path / "runs").iterdir()
-    last = json.loads((home / "events.jsonl").read_text().splitlines()[-1])
-    assert last["event"] == "run_failed" and "no class folders" in last["message"]
+        train(tiny_config(tmp_path, dataset="imagefolder", data_dir=str(tmp_path / "images")))
+    assert not (tmp_path / "runs").exists()
 
 
-def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path: Path) -> None:
-    first = RunDir.create(tmp_path, "x", explicit=tmp_path / "run")
-    try:
-        (tmp_path / "run" / "events.jsonl").write_text("")
-        with pytest.raises(RunDirError, match="in use by another cbam-tui process"):
-            RunDir.open(tmp_path / "run")
-    finally:
-        first.close()
-    RunDir.open(tmp_path / "run").close()
+def test_out_of_memory_suggests_a_smaller_batch_and_keeps_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.train as train_mod
+
+    real = train_mod.F.cross_entropy
+    calls = {"n": 0}
+
+    def oom(*args, **kwargs):
+        if kwargs.get("reduction") is None:
+            calls["n"] += 1
+            if calls["n"] == 9:  # in epoch 2, after epoch 1's checkpoint
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod.F, "cross_entropy", oom)
+    from tests.conftest import Recorder
+
+    rec = Recorder()
+    from core.train import Trainer
+
+    with pytest.raises(CbamError, match="try a smaller --batch-size"):
+        Trainer(tiny_config(tmp_path), rec).run()
+    failed = rec.events[-1]
+    assert failed.kind == "run_failed" and failed.checkpoint is not None
+    assert torch.load(failed.checkpoint, weights_only=True)["position"]["epoch"] == 2
+    home = Path(failed.checkpoint).parents[1]
+    assert json.loads((home / "events.jsonl").read_text().splitlines()[-1])["event"] == "run_failed"

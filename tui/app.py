@@ -1,8 +1,8 @@
-"""The dashboard: a Textual app that runs the Trainer in one worker thread.
+"""The dashboard: one Textual app, given a link to a run (tui.links).
 
-Events cross from the worker to the UI only as messages (post_message is
-thread-safe); keys reach the trainer only through its Control. The screen
-redraws on a timer, a few times a second, never once per event.
+Events cross from the link's worker thread to the UI only as messages
+(post_message is thread-safe); keys reach the run only through the link. The
+screen redraws on a timer, a few times a second, never once per event.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 from textual import work
 from textual.app import App, ComposeResult
@@ -21,10 +19,11 @@ from textual.message import Message
 from textual.widgets import ContentSwitcher, Footer
 from textual.worker import Worker, WorkerState
 
-from core.config import RunConfig
-from core.control import SIGNAL_EXIT, Control, stop_on_signals
+from core.errors import CbamError
 from core.events import Event, Loading, Progress
-from tui.state import FAILED, FINISHED, PAUSED, RUNNING, STOPPED, STOPPING, RunState
+from core.rundir import Command, StopReason
+from core.state import ENDED, PAUSED, RUNNING, STOPPING, RunState, describe
+from tui.links import Link
 from tui.widgets.curves import EpochCurve, LossCurve
 from tui.widgets.dialogs import ConfirmScreen, ErrorScreen
 from tui.widgets.help_screen import HelpScreen
@@ -34,17 +33,17 @@ from tui.widgets.module_table import ModuleTable
 from tui.widgets.stage_panel import StagePanel
 from tui.widgets.status_bar import StatusBar
 
-TrainerFactory = Callable[[Any, Callable[[Event], None], Control], Any]
 VIEWS = ("dashboard", "tree", "full-log")
-ENDED = (FINISHED, STOPPED, FAILED)
 REDRAW_S = 0.25
 CURVES_S = 1.0
 COMPACT_BELOW_ROWS = 30
-EXIT_GRACE_S = 3.0
+EXIT_GRACE_S = 3.0  # after a stop signal, the process ends even if the terminal will not be restored
+SIGNALLED = (StopReason.SIGINT, StopReason.SIGTERM, StopReason.SIGHUP, StopReason.SIGUSR1)
+KEY_ACTIONS = {"pause": ("pause", "resume"), "next": ("next_stage",), "save": ("save",), "stop": ("stop_run",)}
 
 
-class TrainingEvent(Message):
-    """One engine event, carried from the worker thread to the UI."""
+class RunEvent(Message):
+    """One event of the run, carried from the link's worker thread to the UI."""
 
     def __init__(self, event: Event) -> None:
         super().__init__()
@@ -54,16 +53,10 @@ class TrainingEvent(Message):
         # A newer progress report makes an older one still queued worthless;
         # log-bearing events are never dropped.
         return (
-            isinstance(message, TrainingEvent)
+            isinstance(message, RunEvent)
             and isinstance(self.event, (Progress, Loading))
             and type(message.event) is type(self.event)
         )
-
-
-def _default_trainer(config: RunConfig, emit: Callable[[Event], None], control: Control) -> Any:
-    from core.train import Trainer
-
-    return Trainer(config, emit, control)
 
 
 class CbamApp(App[int]):
@@ -71,8 +64,15 @@ class CbamApp(App[int]):
     TITLE = "cbam-tui"
     BINDINGS = [
         Binding("p,space", "pause", "pause"),
+        Binding("p,space", "resume", "resume"),
         Binding("n", "next_stage", "next stage"),
         Binding("s", "save", "save"),
+        Binding("x", "stop_run", "stop run"),
+        # The same keys when they cannot act: one line in the log saying why.
+        Binding("p,space", "unavailable('pause')", show=False),
+        Binding("n", "unavailable('next')", show=False),
+        Binding("s", "unavailable('save')", show=False),
+        Binding("x", "unavailable('stop')", show=False),
         Binding("q,ctrl+c", "quit_run", "quit", priority=True),
         Binding("tab", "next_view", "view", priority=True),
         Binding("1", "view('dashboard')", "dashboard", show=False),
@@ -81,13 +81,14 @@ class CbamApp(App[int]):
         Binding("question_mark", "help", "help"),
     ]
 
-    def __init__(self, config: RunConfig | None, trainer_factory: TrainerFactory = _default_trainer) -> None:
+    def __init__(self, link: Link) -> None:
         super().__init__()
-        self.config = config
-        self.trainer_factory = trainer_factory
-        self.control = Control()
+        self.link = link
         self.state = RunState()
-        self.exit_code = 0
+        self.outcome: StopReason | None = None  # why the link's worker ended
+        self.error: str | None = None  # the worker raised: shown, and the exit code is 1
+        self._posted = 0  # events sent by the link's thread, and folded in by the UI
+        self._applied = 0
         self._quitting = False
         self._drawn = -1
         self._curve_data: tuple[int, int, str] = (-1, -1, "")
@@ -116,67 +117,101 @@ class CbamApp(App[int]):
         self._fit()
         self.set_interval(REDRAW_S, self.redraw)
         self.redraw()
-        self.train()
+        self.follow()
 
     def on_unmount(self) -> None:
-        # However the app ends, the worker must not train on unseen: it stops
-        # at the next batch with a checkpoint, and the process can exit.
-        self.control.stop("quit")
+        # However the app ends, a run it owns must not train on unseen: it stops at the
+        # next batch with a checkpoint, and the process can exit.
+        if self.link.leaving_stops_run and self.outcome is None:
+            self.link.stop(StopReason.QUIT)
 
     # --- the worker -----------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False, group="training")
-    def train(self) -> str:
-        trainer = self.trainer_factory(self.config, self.post_event, self.control)
-        return str(trainer.run())
+    def follow(self) -> StopReason:
+        return self.link.start(self.post_event)
 
     def post_event(self, event: Event) -> None:
-        """The trainer's emit: thread-safe, never blocks the training loop."""
-        self.post_message(TrainingEvent(event))
+        """The link's emit: thread-safe, never blocks the training loop."""
+        if self.post_message(RunEvent(event)) and not isinstance(event, (Progress, Loading)):
+            self._posted += 1  # replaceable ones may be dropped for a newer one: not counted
 
-    def on_training_event(self, message: TrainingEvent) -> None:
-        lines = self.state.apply(message.event)
+    def on_run_event(self, message: RunEvent) -> None:
+        if not isinstance(message.event, (Progress, Loading)):
+            self._applied += 1
+        before = self.state.status
+        self.state.apply(message.event)
+        lines = describe(message.event)
         if lines:
-            self.query_one("#log", LossLog).add_lines(lines)
-            self.query_one("#full-log", LossLog).add_lines(lines)
+            for log in self.query(LossLog):
+                log.add_lines(lines)
+        if self.state.status != before or message.event.kind in ("watching", "run_started"):
+            self.refresh_bindings()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "training":
             return
         if event.state == WorkerState.SUCCESS:
-            reason = self.control.stop_reason
-            self.exit_code = SIGNAL_EXIT.get(reason or "", 0)
-            if reason == "SIGHUP":
-                # The terminal is gone: restoring it would block on a dead tty. The
-                # checkpoint is saved and the events are flushed, so leave at once.
-                os._exit(self.exit_code)
-            if reason in SIGNAL_EXIT:
-                # Everything is saved and flushed. Restore the terminal if it lets
-                # us, but a stop signal must end the process even if it does not.
-                watchdog = threading.Timer(EXIT_GRACE_S, os._exit, (self.exit_code,))
-                watchdog.daemon = True
-                watchdog.start()
-            if self._quitting or reason in SIGNAL_EXIT:
-                self.exit(self.exit_code)
-            self.redraw()
+            self.outcome = event.worker.result
+            self._wind_up()
         elif event.state == WorkerState.ERROR:
             error = event.worker.error
-            from core.errors import CbamError
-
-            message = str(error) if isinstance(error, CbamError) else f"{type(error).__name__}: {error}"
-            self.exit_code = 1
-            self.state.status = FAILED
-            self.state.message = message
+            self.error = str(error) if isinstance(error, CbamError) else f"{type(error).__name__}: {error}"
             if self._quitting:
-                self.exit(1)
+                self.exit(self.exit_code)
                 return
             checkpoint = self.state.last_checkpoint
-            note = f"\n\nlast checkpoint: {checkpoint}" if checkpoint else ""
-            self.push_screen(ErrorScreen(message + note))
-            self.redraw()
+            self.push_screen(ErrorScreen(self.error + (f"\n\nlast checkpoint: {checkpoint}" if checkpoint else "")))
+        self.refresh_bindings()
+        self.redraw()
+
+    def _wind_up(self) -> None:
+        """The link is done: leave when asked to or signalled, else stay to be looked at."""
+        if self.outcome == StopReason.SIGHUP:
+            # The terminal is gone: restoring it would block on a dead tty. Everything is
+            # saved and flushed, so leave at once.
+            os._exit(self.exit_code)
+        if self.outcome in SIGNALLED:
+            # Restore the terminal if it lets us, but a stop signal ends the process regardless.
+            watchdog = threading.Timer(EXIT_GRACE_S, os._exit, (self.exit_code,))
+            watchdog.daemon = True
+            watchdog.start()
+        if self._quitting or self.outcome in SIGNALLED:
+            self.exit(self.exit_code)
 
     @property
-    def training(self) -> bool:
+    def exit_code(self) -> int:
+        """The one place the dashboard's exit status comes from."""
+        if self.error is not None:
+            return 1
+        return (self.outcome or StopReason.LEFT).exit_code
+
+    @property
+    def live(self) -> bool:
         return any(w.group == "training" and w.is_running for w in self.workers)
+
+    # --- which keys act now: the footer shows only those -------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        steerable = self._steerable() and self.state.stage is not None
+        if action == "pause":
+            return steerable and self.state.status != PAUSED
+        if action == "resume":
+            return steerable and self.state.status == PAUSED and self._may_resume()
+        if action in ("next_stage", "save"):
+            return steerable
+        if action == "stop_run":
+            return steerable and not self.link.leaving_stops_run
+        if action == "unavailable":
+            return not any(self.check_action(a, ()) for a in KEY_ACTIONS[str(parameters[0])])
+        return True
+
+    def _steerable(self) -> bool:
+        if not self.live or self.state.status in (*ENDED, STOPPING):
+            return False
+        watching = self.state.watching
+        return self.link.leaving_stops_run or (watching is not None and watching.can_control)
+
+    def _may_resume(self) -> bool:
+        return self.state.message is None or "non-finite" not in self.state.message
 
     # --- redraw, throttled ----------------------------------------------------
     def redraw(self) -> None:
@@ -202,6 +237,11 @@ class CbamApp(App[int]):
         if view == "tree" or not tree.populated:
             tree.update_from(state)  # built while hidden, so the first look at it is instant
 
+    @property
+    def settled(self) -> bool:
+        """Every event the link has sent is folded in and on screen (tests wait for this)."""
+        return self._applied == self._posted and self._drawn == self.state.version
+
     def on_resize(self) -> None:
         self._fit()
         self._drawn = -1
@@ -212,46 +252,77 @@ class CbamApp(App[int]):
 
     # --- keys -------------------------------------------------------------------
     def action_pause(self) -> None:
-        if not self.training or self.state.status not in (RUNNING, PAUSED):
-            return
-        paused = self.control.toggle_pause()
-        # Shown at once; the trainer stops at the end of the batch in flight.
-        self.state.status = PAUSED if paused else RUNNING
-        self.state.version += 1
-        self.redraw()
+        self._request(Command("pause"))
+        if self.link.leaving_stops_run:  # shown at once; the trainer stops at the end of the batch in flight
+            self.state.status = PAUSED
+            self.state.version += 1
+            self.refresh_bindings()
+
+    def action_resume(self) -> None:
+        self._request(Command("resume"))
+        if self.link.leaving_stops_run:
+            self.state.status = RUNNING
+            self.state.version += 1
+            self.refresh_bindings()
 
     def action_next_stage(self) -> None:
         st = self.state.stage
-        if not self.training or st is None:
-            return
-        if st.stage == st.num_stages:
+        if st is not None and st.stage == st.num_stages:
             self.push_screen(
                 ConfirmScreen("This is the last stage: end the run now (it is evaluated and saved)?"),
-                lambda yes: self._request("next") if yes else None,
+                lambda yes: self._request(Command("next")) if yes else None,
             )
         else:
-            self._request("next")
+            self._request(Command("next"))
 
     def action_save(self) -> None:
-        if self.training:
-            self._request("save")
+        self._request(Command("save"))
 
-    def _request(self, verb: str) -> None:
-        """Pass a key's request (next, save) on to the run; an attached dashboard sends it instead."""
-        if verb == "next":
-            self.control.next_stage()
-            self._note("next stage requested: this epoch ends at the next batch")
+    def action_stop_run(self) -> None:
+        self.push_screen(
+            ConfirmScreen(
+                "Stop the training run? It saves a checkpoint first; continue it later with cbam-tui run --resume."
+            ),
+            lambda yes: self._request(Command("stop")) if yes else None,
+        )
+
+    def action_unavailable(self, verb: str) -> None:
+        """Why a steering key does nothing now, in the log."""
+        state, watching = self.state, self.state.watching
+        status = state.status.lower()
+        if verb == "stop" and self.link.leaving_stops_run:
+            why = "x stops a run you watch; q stops this one (with a checkpoint)"
+        elif state.status in ENDED:
+            why = f"the run has {status}"
+        elif not self.live:
+            why = "the run is not live"
+        elif watching is not None and not watching.can_control:
+            why = watching.detail
+        elif state.status == PAUSED and not self._may_resume():
+            verb, why = "resume", str(state.message)
         else:
-            self.control.save()
-            self._note("saving a checkpoint at the next batch boundary")
+            why = f"the run is {status}" + ("" if state.stage else "; wait for its first stage")
+        self._note(f"cannot {verb}: {why}")
+
+    def _request(self, command: Command) -> None:
+        try:
+            self._note(self.link.send(command))
+        except CbamError as exc:
+            self._note(f"cannot {command.verb}: {exc}")
+        self.redraw()
 
     def action_quit_run(self) -> None:
         if self._quitting:
             return
-        if not self.training or self.state.status in ENDED:
-            # Over already: leave now, or as soon as the worker has wound up.
+        if not self.link.leaving_stops_run:
             self._quitting = True
-            if not self.training:
+            self.outcome = StopReason.LEFT  # leave at once; the follower ends within its wait
+            self.link.stop(StopReason.LEFT)
+            self.exit(self.exit_code)
+            return
+        if not self.live or self.state.status in ENDED:
+            self._quitting = True  # over already: leave now, or as soon as the worker has wound up
+            if not self.live:
                 self.exit(self.exit_code)
             return
 
@@ -260,7 +331,8 @@ class CbamApp(App[int]):
                 self._quitting = True
                 self.state.status = STOPPING
                 self.state.version += 1
-                self.control.stop("quit")
+                self.link.stop(StopReason.QUIT)
+                self.refresh_bindings()
                 self.redraw()
 
         self.push_screen(ConfirmScreen("Stop training and quit? A checkpoint is saved first."), answer)
@@ -275,38 +347,13 @@ class CbamApp(App[int]):
         self.redraw()
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        self.push_screen(HelpScreen(owns_run=self.link.leaving_stops_run))
 
     def _note(self, line: str) -> None:
         for log in self.query(LossLog):
             log.add_lines([f"> {line}"])
 
 
-def make_app(config: RunConfig, trainer_factory: TrainerFactory = _default_trainer) -> CbamApp:
-    """The dashboard for ``config``; tests pass a factory for a tiny or fake trainer."""
-    return CbamApp(config.replace(on_nonfinite="pause"), trainer_factory)
-
-
-def run_dashboard(config: RunConfig) -> int:
-    app = make_app(config)
-    restore = stop_on_signals(app.control)
-    try:
-        app.run()
-    finally:
-        app.control.stop("quit")
-        restore()
-    state = app.state
-    if state.started is not None:
-        best = state.best_acc
-        final = state.epochs[-1].test_acc if state.epochs else None
-        print(
-            f"cbam-tui: {state.status.lower()}"
-            + (f" | final test acc {final:.2f}%" if final is not None else "")
-            + (f" | best {best:.2f}%" if best is not None else "")
-            + f" | run directory: {state.started.run_dir}"
-        )
-        if state.status == STOPPED:
-            print(f"cbam-tui: continue with: cbam-tui run --resume {state.started.run_dir}")
-    if state.message and app.exit_code:
-        print(f"cbam-tui: error: {state.message}")
-    return app.exit_code
+def make_app(link: Link) -> CbamApp:
+    """The dashboard over ``link``: the CLI's `run`, `demo` and `watch`, and the tests."""
+    return CbamApp(link)

@@ -1,7 +1,9 @@
-"""cbam-tui's command line: parse, build a RunConfig, hand off. Kept thin.
+"""cbam-tui's command line: parse, build a RunConfig, hand off to tui.launch. Kept thin.
 
 Only typer is imported at start-up, so ``cbam-tui --help`` answers without
-loading torch; the commands import the engine when they run.
+loading torch; the commands import the engine when they run. `run` and `demo`
+are one command; `demo` differs only in its defaults (click's default_map), and
+which options the user really typed comes from click's parameter source.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import typer
 
 from core import __version__
 from core.errors import CbamError, ConfigError
-from tui.options import OPTIONS, command, defaults
 
 app = typer.Typer(
     name="cbam-tui",
@@ -26,6 +27,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+DATA, PLAN, LOOP, RUN = "Data", "Model and plan", "Training", "Run directory"
+DEMO_DEFAULTS: dict[str, Any] = {
+    "dataset": "synthetic", "image_size": 16, "limit_train": 960, "limit_test": 320, "weights": "none",
+    "stage_epochs": "1,1,1", "lrs": "3e-3,1e-3,3e-4", "batch_size": 32, "log_every": 5, "name": "demo",
+}
+PLAN_OPTIONS = ("stage_epochs", "lrs", "new_lr_mult", "frozen_bn", "moments")
+NOT_CONFIG = ("preset", "plan", *PLAN_OPTIONS, "headless", "detach")
 
 
 def _version(value: bool) -> None:
@@ -43,57 +52,136 @@ def main_options(
     """Staged fine-tuning of ResNet18 + CBAM, live in the terminal."""
 
 
-def start(given: dict[str, Any], demo: bool) -> None:
-    """Resolve the options, then train under the dashboard or headless."""
-    values = defaults(demo) | {k: v for k, v in given.items() if v is not None}
-    if values["resume"] is not None:
-        fixed = [o for o in OPTIONS if o.defines_run and given.get(o.name) is not None]
-        if fixed:
-            flag = fixed[0].decls[0].split("/")[0]
-            raise ConfigError(f"{flag} cannot be changed when resuming: the run continues with its saved settings")
-    config = build_config(values)
-    headless = values["headless"] or not sys.stdout.isatty()
-    if values["detach"]:
-        from tui.detach import detach
-
-        code = detach(given, demo, config)
-    elif headless:
-        from tui.headless import run_headless
-
-        code = run_headless(config)
+def run(
+    ctx: typer.Context,
+    dataset: Annotated[str, typer.Option(help="cifar10, imagefolder or synthetic.", rich_help_panel=DATA)] = "cifar10",
+    data_dir: Annotated[str, typer.Option(help="Where the data set is (or goes, for a download).", rich_help_panel=DATA)] = "./data",
+    download: Annotated[bool, typer.Option("--download/--no-download", help="Fetch CIFAR-10 when it is absent.", rich_help_panel=DATA)] = True,
+    image_size: Annotated[int, typer.Option(help="Images are resized to this many pixels square.", rich_help_panel=DATA)] = 32,
+    limit_train: Annotated[int | None, typer.Option(help="Train on a class-balanced subset of N images (all when not given).", rich_help_panel=DATA)] = None,
+    limit_test: Annotated[int | None, typer.Option(help="Test on a class-balanced subset of N images (all when not given).", rich_help_panel=DATA)] = None,
+    augment: Annotated[str, typer.Option(help="Train augmentation: seed, flip-crop or none.", rich_help_panel=DATA)] = "seed",
+    cache_dir: Annotated[str | None, typer.Option(help="Cache of decoded image folders.", show_default="~/.cache/cbam-tui", rich_help_panel=DATA)] = None,
+    weights: Annotated[str, typer.Option(help="imagenet, none (random init) or a PATH to a state dict or checkpoint.", rich_help_panel=PLAN)] = "imagenet",
+    preset: Annotated[str, typer.Option(help="Stage plan: default, or seed (the study note exactly).", rich_help_panel=PLAN)] = "default",
+    plan: Annotated[Path | None, typer.Option(help="A TOML plan file (stages, groups, learning rates).", rich_help_panel=PLAN)] = None,
+    stage_epochs: Annotated[str, typer.Option(help="Epochs per stage (0 skips a stage).", rich_help_panel=PLAN)] = "5,15,30",
+    lrs: Annotated[str, typer.Option(help="Base learning rate per stage.", rich_help_panel=PLAN)] = "1e-3,1e-4,1e-5",
+    new_lr_mult: Annotated[float, typer.Option(help="New modules (stem conv, CBAM, fc) train at this multiple of the stage's rate.", rich_help_panel=PLAN)] = 1.0,
+    frozen_bn: Annotated[str, typer.Option(help="Frozen BatchNorm layers: train (stats update, as the seed) or eval.", rich_help_panel=PLAN)] = "train",
+    moments: Annotated[str, typer.Option(help="Adam state of groups that train on at a stage switch: keep or fresh.", show_default="keep; fresh for --preset seed", rich_help_panel=PLAN)] = "keep",
+    batch_size: Annotated[int, typer.Option(help="Images per training batch.", rich_help_panel=LOOP)] = 64,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=LOOP)] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (auto: bf16 on CUDA, else fp32).", rich_help_panel=LOOP)] = "auto",
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.", rich_help_panel=LOOP)] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the data order, augmentation and init.", rich_help_panel=LOOP)] = 0,
+    log_every: Annotated[int, typer.Option(help="Batches between loss lines.", rich_help_panel=LOOP)] = 100,
+    headless: Annotated[bool, typer.Option("--headless", help="Plain lines instead of the dashboard (also when stdout is no terminal).", rich_help_panel=LOOP)] = False,
+    detach: Annotated[bool, typer.Option("--detach", help="Train in a background process that outlives the terminal; output in <run dir>/train.log.", rich_help_panel=RUN)] = False,
+    name: Annotated[str, typer.Option(help="Run name, the end of the run directory's name.", rich_help_panel=RUN)] = "cbam",
+    runs_root: Annotated[str, typer.Option(help="Where new run directories go.", rich_help_panel=RUN)] = "runs",
+    run_dir: Annotated[str | None, typer.Option(help="Use exactly this (new or empty) run directory.", rich_help_panel=RUN)] = None,
+    resume: Annotated[str | None, typer.Option(help="Continue a run: its directory, its name under --runs-root, or a checkpoint.", rich_help_panel=RUN)] = None,
+    group_control: Annotated[bool, typer.Option("--group-control", help="Let the run directory's group read the run and send it commands.", rich_help_panel=RUN)] = False,
+) -> None:
+    values = {k: v for k, v in locals().items() if k != "ctx"}
+    source = {k: getattr(ctx.get_parameter_source(k), "name", "DEFAULT") for k in values}
+    given = {k for k in values if source[k] in ("COMMANDLINE", "ENVIRONMENT")}
+    from_defaults = {k for k in values if source[k] == "DEFAULT_MAP"}
+    if resume is not None:
+        config, home = resume_config(values, given)
     else:
-        from tui.app import run_dashboard
+        config, home = new_config(values, given, from_defaults), None
+    from tui import launch
 
-        code = run_dashboard(config)
+    if detach:
+        code = launch.detach(config, home)
+    elif headless or not sys.stdout.isatty():
+        code = launch.headless(config)
+    else:
+        code = launch.dashboard(config)
     raise typer.Exit(code)
 
 
-def build_config(values: dict[str, Any]) -> Any:
-    from core.checkpoint import find_checkpoint
+def new_config(values: dict[str, Any], given: set[str], from_defaults: set[str]) -> Any:
+    """The config of a new run. Plan options count only when typed, or from demo's
+    defaults without a plan file: a plan file or a preset otherwise keeps its own."""
     from core.config import RunConfig, validate
-    from core.plan import PlanOptions, build_plan, default_plan
+    from core.plan import PlanOptions, build_plan
 
-    if values["resume"] is not None:
-        find_checkpoint(Path(values["resume"]))  # a missing run fails before any screen opens
-        plan = default_plan()  # replaced by the checkpoint's own plan
-    else:
-        plan = build_plan(
-            PlanOptions(
-                values["preset"], values["plan"], values["stage_epochs"], values["lrs"],
-                values["new_lr_mult"], values["frozen_bn"],
-            )
-        )
-    names = {f for f in RunConfig.__dataclass_fields__} - {"plan"}
-    config = RunConfig(plan=plan, **{k: v for k, v in values.items() if k in names})
-    if values["resume"] is None:
-        validate(config)
+    def option(name: str) -> Any:
+        chosen = name in given or (name in from_defaults and values["plan"] is None)
+        return values[name] if chosen else None
+
+    plan = build_plan(PlanOptions(values["preset"], values["plan"], *(option(n) for n in PLAN_OPTIONS)))
+    config = RunConfig(plan=plan, **{k: v for k, v in values.items() if k not in NOT_CONFIG})
+    validate(config)
     return config
 
 
-app.command("run", help="Fine-tune on a real data set (CIFAR-10 by default).")(command(start, demo=False))
+def resume_config(values: dict[str, Any], given: set[str]) -> tuple[Any, Path | None]:
+    """The saved run, with what this invocation may change about it. An option that
+    defines the run, typed with another value than the run has, is refused here, the
+    one place that knows both."""
+    from core.checkpoint import find_checkpoint, load, run_dir_of
+    from core.config import RESUMABLE, merge_resume
+    from core.rundir import resolve_run
+
+    target = Path(values["resume"])
+    if not target.exists() and "/" not in values["resume"]:
+        target = resolve_run(values["resume"], Path(values["runs_root"]))
+    path = find_checkpoint(target)
+    home = run_dir_of(path)
+    saved = load(path)["config"]
+    for name in sorted(given):
+        flag = "--" + name.replace("_", "-")
+        if name in ("resume", "headless", "detach") or (name in RESUMABLE and name not in ("runs_root", "run_dir")):
+            continue
+        if name in ("runs_root", "run_dir"):
+            if home is not None:
+                raise ConfigError(f"{flag} does not apply when resuming a run directory: the run stays in {home}")
+            continue
+        have = _saved_value(saved, name)
+        if name in ("lrs", "new_lr_mult") or _normal(values[name]) != _normal(have):
+            shown = f" (it has {have})" if have is not None else ""
+            raise ConfigError(f"{flag} cannot be changed when resuming: the run continues with its saved settings{shown}")
+    config = merge_resume(saved, saved.replace(**{k: values[k] for k in RESUMABLE if k in values}), str(path))
+    return config, home
+
+
+def _saved_value(saved: Any, name: str) -> Any:
+    plan = saved.plan
+    if name == "stage_epochs":
+        return ",".join(str(s.epochs) for s in plan.stages)
+    if name in ("frozen_bn", "moments"):
+        return getattr(plan, name)
+    if name in ("preset", "plan"):
+        return plan.label
+    return getattr(saved, name, None)
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, Path):
+        return value.name
+    if isinstance(value, str) and "," in value:
+        return ",".join(v.strip() for v in value.split(","))
+    return value
+
+
+app.command("run", help="Fine-tune on a real data set (CIFAR-10 by default).")(run)
 app.command(
-    "demo", help="An offline tour: synthetic shapes, random init, a tiny three-stage plan (about a minute on a CPU)."
-)(command(start, demo=True))
+    "demo",
+    help="An offline tour: synthetic shapes, random init, a tiny three-stage plan (about a minute on a CPU).",
+    context_settings={"default_map": DEMO_DEFAULTS},
+)(run)
+
+
+@app.command("_child", hidden=True)
+def child(run_dir: Annotated[Path, typer.Argument()]) -> None:
+    """The background half of run --detach (not for typing)."""
+    from tui import launch
+
+    raise typer.Exit(launch.child(run_dir))
 
 
 @app.command("summary")
@@ -109,36 +197,35 @@ def summary(
     """Print the model tree (CBAM blocks marked) and what each stage trains."""
     from tui.summary_view import print_summary
 
-    if num_classes < 1 or depth < 1 or not 8 <= image_size <= 512:
-        raise ConfigError("--num-classes and --depth must be at least 1, and --image-size from 8 to 512")
+    if not 1 <= num_classes <= 100_000 or not 1 <= depth <= 100 or not 8 <= image_size <= 512:
+        raise ConfigError("--num-classes must be 1 to 100000, --depth 1 to 100 and --image-size 8 to 512")
     print_summary(preset, plan, new_lr_mult, frozen_bn, num_classes, image_size, depth)
 
 
-RUNS_ROOT = Annotated[Path, typer.Option("--runs-root", help="Where the runs are.")]
+RUNS_ROOT = Annotated[Path, typer.Option("--runs-root", help="Where the runs are (for names and the newest run).")]
+RUN_ARG_HELP = "A run directory, or a run's name (or the start of one) under --runs-root."
 
 
 @app.command("watch")
 def watch(
-    run_dir: Annotated[str | None, typer.Argument(help="A run directory (default: the newest under --runs-root).")] = (
-        None
-    ),
+    run_dir: Annotated[str | None, typer.Argument(help=RUN_ARG_HELP + " Default: the newest run.")] = None,
     runs_root: RUNS_ROOT = Path("runs"),
 ) -> None:
     """Attach the dashboard to a run, live or over: replay its events, then follow them."""
-    from core.runs import resolve_run
+    from core.rundir import resolve_run
 
     run = resolve_run(run_dir, runs_root)
     if not sys.stdout.isatty():
         raise ConfigError("watch needs a terminal; for a plain list use cbam-tui runs, or read events.jsonl")
-    from tui.watch import run_watch
+    from tui import launch
 
-    raise typer.Exit(run_watch(run))
+    raise typer.Exit(launch.watch(run))
 
 
 @app.command("runs")
 def runs(runs_root: RUNS_ROOT = Path("runs")) -> None:
     """List the runs: state (a dead process is told apart), stage, epoch, best accuracy, start, duration."""
-    from core.runs import list_runs
+    from core.rundir import list_runs
     from tui.runs_view import print_runs
 
     print_runs(list_runs(runs_root))
@@ -146,27 +233,27 @@ def runs(runs_root: RUNS_ROOT = Path("runs")) -> None:
 
 @app.command("ctl")
 def ctl(
-    run_dir: Annotated[str, typer.Argument(help="The run directory.")],
+    run_dir: Annotated[str, typer.Argument(help=RUN_ARG_HELP)],
     command: Annotated[str, typer.Argument(help="pause, resume, next, save or stop.")],
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run to take the command.")] = 30.0,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the run has taken it.")] = True,
+    runs_root: RUNS_ROOT = Path("runs"),
 ) -> None:
     """Steer a running run from a shell or a script, as its dashboard keys do."""
+    import math
     import os
 
-    from core.channel import VERBS, send, wait_taken
-    from core.runs import resolve_run
+    from core.rundir import Command, resolve_run, send, wait_taken
 
-    if command not in VERBS:
-        raise ConfigError(f"unknown command {command!r}: use one of {', '.join(VERBS)}")
-    if timeout <= 0:
-        raise ConfigError("--timeout must be more than 0 seconds")
-    run = resolve_run(run_dir, Path("runs"))
-    sent = send(run, command, f"ctl pid {os.getpid()}")
+    order = Command(command)
+    if not (math.isfinite(timeout) and 0 < timeout <= 86400):
+        raise ConfigError("--timeout must be more than 0 and at most 86400 seconds")
+    run = resolve_run(run_dir, runs_root)
+    sent = send(run, order, f"ctl pid {os.getpid()}")
     if not wait:
         print(f"cbam-tui: {command} queued for {run}")
         return
-    if not wait_taken(sent, timeout):
+    if not wait_taken(run, sent, timeout):
         raise CbamError(
             f"the run did not take {command} within {timeout:g} s (it reads commands between batches); withdrawn"
         )

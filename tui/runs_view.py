@@ -1,4 +1,4 @@
-"""`cbam-tui runs`: the runs under a root, one row each."""
+"""`cbam-tui runs`: the runs under a root, one row each, and what to do about a dead one."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import time
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from core.runs import RunInfo
-from tui.state import fmt_seconds
+from core.rundir import RunInfo
+from core.state import fmt_seconds
 
 STATE_STYLES = {
-    "running": "green", "paused": "yellow", "starting": "yellow", "finished": "cyan",
-    "stopped": "blue", "failed": "red", "dead": "bold red",
+    "running": "green", "paused": "yellow", "starting": "yellow", "loading": "yellow", "finished": "cyan",
+    "stopped": "blue", "failed": "red", "dead": "bold red", "unreadable": "bold red",
 }
 
 
@@ -29,7 +30,7 @@ def print_runs(runs: list[RunInfo], console: Console | None = None) -> None:
         table.add_column(column, justify="right" if column in ("best acc", "duration", "pid") else "left", no_wrap=True)
     for r in runs:
         table.add_row(
-            r.path.name,
+            escape(r.path.name),
             f"[{STATE_STYLES.get(r.state, '')}]{r.state}[/]",
             r.stage,
             r.epoch,
@@ -39,11 +40,7 @@ def print_runs(runs: list[RunInfo], console: Console | None = None) -> None:
             str(r.pid) if r.pid else "-",
         )
     console.print(table)
-    dead = [r for r in runs if r.state == "dead"]
-    for r in dead:
-        then = (
-            f"continue it with cbam-tui run --resume {r.path}"
-            if (r.path / "checkpoints" / "last.pt").is_file()
-            else f"no checkpoint yet; see {r.path / 'train.log'}"
-        )
-        console.print(f"{r.path.name}: {r.message}; {then}")
+    for r in runs:
+        if r.state in ("dead", "failed", "unreadable") or r.bad_lines:
+            then = f"; continue it with cbam-tui run --resume {r.path}" if r.resumable else ""
+            console.print(f"{escape(r.path.name)}: {escape(r.message)}{then}", soft_wrap=True)

@@ -36,7 +36,7 @@ def print_summary(
     from core.layout import MODULES
     from core.model import ResNet18CBAM, module_parameters
     from core.plan import PlanOptions, assign_groups, build_plan
-    from core.summary import summarize
+    from core.tree import summarize
 
     plan = build_plan(PlanOptions(preset, plan_file, None, None, new_lr_mult, frozen_bn))
     model = ResNet18CBAM(num_classes)
@@ -55,7 +55,11 @@ def print_summary(
     console.print(tree)
     console.print(f"Total params: {rows[0].params:,}   {CBAM_MARK} = CBAM block")
 
-    stages = Table(title=f"Stage plan ({plan.label}; frozen BatchNorm: {plan.frozen_bn})", title_justify="left")
+    stages = Table(
+        title=f"Stage plan ({plan.label}; frozen BatchNorm: {plan.frozen_bn}; "
+        f"Adam moments at a stage switch: {plan.moments})",
+        title_justify="left",
+    )
     stages.add_column("Module")
     for i, s in enumerate(plan.stages, 1):
         first, last = plan.epoch_range(i - 1)

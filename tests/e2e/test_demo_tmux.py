@@ -11,7 +11,7 @@ import torch
 
 from tests.e2e.terminal import CBAM_TUI, Terminal, needs_tmux
 
-pytestmark = needs_tmux
+pytestmark = [needs_tmux, pytest.mark.slow]
 
 
 def batch(screen: str) -> int:

@@ -8,19 +8,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import tui.detach
-import tui.headless
+import tui.launch
 from tests.conftest import cli
-from tui.options import OPTIONS
+from tests.test_cli import run_flags
 
 VALUES = st.one_of(
     st.sampled_from(["", "0", "-1", "1", "3", "1e-3", "nan", "inf", "-5.5", "abc", "1,2", "1,2,3", "0,0,0",
-                     "a,b,c", "/nonexistent", "/", ".", "cifar10", "synthetic", "imagefolder", "seed", "none",
-                     "imagenet", "cpu", "cuda:9", "train", "eval", "fp16", "bf16", "x" * 300, "1,,2", " "]),
+                     "a,b,c", "/nonexistent", "/", ".", "..", "cifar10", "synthetic", "imagefolder", "seed", "none",
+                     "imagenet", "cpu", "cuda:9", "train", "eval", "keep", "fresh", "fp16", "bf16", "x" * 300, "1,,2",
+                     " ", "1e20", "9" * 30]),
     st.text(max_size=12),
     st.integers(-10**6, 10**6).map(str),
 )
-FLAGS = [flag for o in OPTIONS for flag in o.decls[0].split("/")] + ["--bogus", "-h"]
+FLAGS = [*run_flags(), "--bogus", "-h"]
+SWITCHES = {"--download", "--no-download", "--compile", "--no-compile", "--headless", "--detach", "--group-control",
+            "--bogus", "-h", "--help"}
 
 
 @st.composite
@@ -29,8 +31,7 @@ def argv(draw: st.DrawFn) -> list[str]:
     for _ in range(draw(st.integers(0, 5))):
         flag = draw(st.sampled_from(FLAGS))
         args.append(flag)
-        option = next((o for o in OPTIONS if flag in o.decls[0].split("/")), None)
-        if option is not None and option.type is not bool:
+        if flag not in SWITCHES:
             args.append(draw(VALUES))
     return args
 
@@ -42,8 +43,9 @@ def test_no_input_produces_a_traceback(
 ) -> None:
     started: list[object] = []
     # A valid command line would start training: record it instead (the run itself is tested elsewhere).
-    monkeypatch.setattr(tui.headless, "run_headless", lambda config: started.append(config) or 0)
-    monkeypatch.setattr(tui.detach, "detach", lambda given, demo, config: started.append(config) or 0)
+    for entry in ("headless", "dashboard"):
+        monkeypatch.setattr(tui.launch, entry, lambda config: started.append(config) or 0)
+    monkeypatch.setattr(tui.launch, "detach", lambda config, home: started.append(config) or 0)
     monkeypatch.chdir(tmp_path)
     code, out, err = cli(capsys, *args)
     assert "Traceback" not in out + err

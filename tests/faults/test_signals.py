@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.e2e.test_demo_tmux import Terminal
+from tests.e2e.terminal import Terminal
 
 CBAM_TUI = str(Path(sys.executable).with_name("cbam-tui"))
 TINY = ["--image-size", "8", "--limit-train", "480", "--limit-test", "24", "--batch-size", "8", "--log-every", "2"]
+pytestmark = pytest.mark.slow
 
 
 def assert_stopped_cleanly(run_dir: Path, reason: str) -> None:
@@ -28,7 +29,7 @@ def assert_stopped_cleanly(run_dir: Path, reason: str) -> None:
     assert ckpt["position"]["batch"] == events[-1]["batch"]
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGUSR1, 75)])
 def test_headless_signals(tmp_path: Path, sig: signal.Signals, code: int) -> None:
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(

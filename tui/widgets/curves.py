@@ -12,7 +12,7 @@ import numpy as np
 from textual.app import RenderResult
 from textual_plotext import PlotextPlot
 
-from tui.state import RunState
+from core.state import RunState
 
 MAX_POINTS = 300
 

@@ -1,4 +1,4 @@
-"""The `?` screen: every key."""
+"""The `?` screen: every key, and every mark on the screen."""
 
 from __future__ import annotations
 
@@ -8,11 +8,18 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-KEYS = (
-    ("p / space", "pause or resume at the next batch boundary"),
+OWN_KEYS = (
+    ("p / space", "pause, or resume, at the next batch boundary"),
     ("n", "end this stage now: evaluate, then start the next (asks on the last stage)"),
     ("s", "save a checkpoint now"),
     ("q / ctrl+c", "quit: stops training with a checkpoint (asks while training)"),
+)
+ATTACHED_KEYS = (
+    ("p / space", "pause, or resume, the run (through its control directory)"),
+    ("n", "end the run's stage now (asks on the last stage)"),
+    ("s", "have the run save a checkpoint"),
+    ("x", "stop the run, with a checkpoint (asks first)"),
+    ("q / ctrl+c", "leave: the run goes on; come back with cbam-tui watch"),
 )
 VIEW_KEYS = (
     ("tab", "next view"),
@@ -20,24 +27,23 @@ VIEW_KEYS = (
     ("?", "this help"),
     ("escape", "close a dialog"),
 )
-WATCH_KEYS = (
-    ("p / space", "pause or resume the run (through its control channel)"),
-    ("n", "end the run's stage now (asks on the last stage)"),
-    ("s", "have the run save a checkpoint"),
-    ("x", "stop the run, with a checkpoint (asks first)"),
-    ("q / ctrl+c", "leave: the run goes on; come back with cbam-tui watch"),
+MARKS = (
+    ("*", "a module the pretrained weights do not provide (stem conv, CBAM blocks, fc)"),
+    ("▸", "a module whose state or learning rate changed at the last stage switch"),
+    ("◆", "a CBAM block (also in magenta)"),
 )
 
 
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close")]
 
-    def __init__(self, keys: tuple[tuple[str, str], ...] = KEYS) -> None:
+    def __init__(self, owns_run: bool = True) -> None:
         super().__init__()
-        self.keys = keys + VIEW_KEYS
+        self.keys = (OWN_KEYS if owns_run else ATTACHED_KEYS) + VIEW_KEYS
 
     def compose(self) -> ComposeResult:
-        text = "\n".join(f"  {key:<12} {what}" for key, what in self.keys)
+        keys = "\n".join(f"  {key:<12} {what}" for key, what in self.keys)
+        marks = "\n".join(f"  {mark:<12} {what}" for mark, what in MARKS)
         with Vertical(id="dialog"):
             yield Static("Keys", classes="dialog-title")
-            yield Static(text + "\n\n  ◆ marks CBAM blocks · * marks modules new to the pretrained net")
+            yield Static(keys + "\n\n" + marks + "\n\n  Keys that cannot act now are left out of the footer.")

@@ -6,50 +6,50 @@ from rich.text import Text
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
-from core.summary import Row
-from tui.state import RunState
+from core.events import LayerRow
+from core.state import RunState
 from tui.summary_view import row_label, shape_text
 
 
-class ModelTree(Tree[Row]):
+class ModelTree(Tree[LayerRow]):
     def __init__(self, **kwargs: object) -> None:
         super().__init__("model (loading)", **kwargs)  # type: ignore[arg-type]
         self.populated = False
-        self._shown_stage: int | None = None
-        self._row_nodes: list[tuple[TreeNode[Row], Row]] = []
+        self._shown_stage: object = None
+        self._row_nodes: list[tuple[TreeNode[LayerRow], int]] = []
 
     def update_from(self, state: RunState) -> None:
         if state.started is None:
             return
+        rows = state.started.model_rows
         if not self.populated:
-            self._populate([Row.from_tuple(t) for t in state.started.model_rows])
-        if state.stage is not None and self._shown_stage != id(state.stage):
-            self._shown_stage = id(state.stage)
-            trainable = {m.path: m.trainable != "no" for m in state.stage.modules}
-            for node, row in self._row_nodes:
-                node.set_label(self._row_text(row, trainable))
+            self._populate(list(rows))
+        stage = state.stage
+        if stage is not None and self._shown_stage is not stage and len(stage.row_trainable) == len(rows):
+            self._shown_stage = stage
+            for node, i in self._row_nodes:
+                node.set_label(self._row_text(rows[i], stage.row_trainable[i]))
 
-    def _populate(self, rows: list[Row]) -> None:
+    def _populate(self, rows: list[LayerRow]) -> None:
         self.populated = True
-        root_row = rows[0]
-        self.root.data = root_row
-        self.root.set_label(self._row_text(root_row, {}))
-        by_path: dict[str, TreeNode[Row]] = {"": self.root}
-        for row in rows[1:]:
-            parent = by_path[row.path.rsplit(".", 1)[0] if "." in row.path else ""]
-            has_children = any(r.path.startswith(row.path + ".") for r in rows)
-            node = parent.add(self._row_text(row, {}), data=row, expand=row.depth < 2, allow_expand=has_children)
-            by_path[row.path] = node
-            self._row_nodes.append((node, row))
+        self.root.data = rows[0]
+        self.root.set_label(self._row_text(rows[0], None))
+        parents: list[TreeNode[LayerRow]] = [self.root]
+        for i, row in enumerate(rows[1:], 1):
+            del parents[row.depth :]
+            has_children = i + 1 < len(rows) and rows[i + 1].depth > row.depth
+            node = parents[-1].add(self._row_text(row, None), data=row, expand=row.depth < 2, allow_expand=has_children)
+            parents.append(node)
+            self._row_nodes.append((node, i))
         self.root.expand()
 
     @staticmethod
-    def _row_text(row: Row, trainable: dict[str, bool]) -> Text:
+    def _row_text(row: LayerRow, trainable: int | None) -> Text:
         label = row_label(row.path, row.type, row.is_cbam)
         label.append(f"  {shape_text(row.output_shape)}", style="dim")
         label.append(f"  {row.params:,}" if row.params else "  --")
-        owner = next((p for p in trainable if row.path == p or row.path.startswith(p + ".")), None)
-        if owner is not None and row.params:
-            on = trainable[owner]
-            label.append("  trainable" if on else "  frozen", style="green" if on else "dim")
+        if trainable is not None and row.params:
+            on = trainable == row.params
+            word = "  trainable" if on else "  frozen" if not trainable else "  partly"
+            label.append(word, style="green" if on else "dim")
         return label

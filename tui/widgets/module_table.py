@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable
 
-from tui.state import RunState, lr_text
+from core.state import RunState, lr_text
 
 COLUMNS = ("Module", "State", "LR", "Params", "BN")
 

@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import ProgressBar, Static
 
-from tui.state import FAILED, LOADING, RunState, fmt_seconds
+from core.state import FAILED, LOADING, RunState, fmt_seconds
 
 
 class StagePanel(Vertical):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from tui.state import RunState
+from core.state import RunState
 
 STATE_STYLES = {
     "LOADING": "bold black on yellow",

@@ -1,0 +1,163 @@
+"""Preparing a run: its config (and checkpoint, on resume), device, data, model and
+run directory, in an order that writes nothing until everything a user can get
+wrong has been checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core import checkpoint as ckpt_mod
+from core.augment import Augmenter
+from core.checkpoint import Position
+from core.config import RunConfig, merge_resume, validate
+from core.data import Dataset, DataSpec, count_batches, load_data
+from core.device import autocast, prefers_channels_last, resolve_device, resolve_precision
+from core.errors import CheckpointError
+from core.events import EpochEnded, LayerRow, Loading
+from core.meter import Sums
+from core.model import ResNet18CBAM, build_model
+from core.rundir import RunDir
+from core.tree import summarize
+
+
+@dataclass
+class Restored:
+    """What a checkpoint hands back to a resumed run."""
+
+    path: Path
+    position: Position
+    sums: Sums
+    best_acc: float
+    best_epoch: int
+    global_step: int
+    optimizer: dict[str, Any]
+    optimizer_stage: int
+    scaler: dict[str, Any] | None
+    history: list[EpochEnded]
+
+
+@dataclass
+class Setup:
+    config: RunConfig
+    device: torch.device
+    precision: str
+    autocast: Callable[[], Any]
+    channels_last: bool
+    data: Dataset
+    model: ResNet18CBAM
+    step_model: nn.Module  # the compiled model under --compile, else the model itself
+    augment: Augmenter
+    batches_per_epoch: int
+    rows: list[LayerRow]
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    restored: Restored | None = None
+    rundir: RunDir | None = field(default=None, repr=False)
+
+
+def prepare(config: RunConfig, emit: Callable[[Loading], None], rundir: RunDir | None = None) -> Setup:
+    """Everything a Trainer needs; ``rundir`` when the caller already holds the run
+    (a detached child). Raises CbamError with one sentence for anything a user can fix."""
+    saved: dict[str, Any] | None = None
+    if config.resume:
+        path = ckpt_mod.find_checkpoint(Path(config.resume))
+        saved = ckpt_mod.load(path)
+        config = merge_resume(saved["config"], config, str(path))
+        if saved["position"]["stage"] >= len(config.plan.stages):
+            raise CheckpointError(f"the run in {config.resume} has already finished every stage; nothing to resume")
+    else:
+        validate(config)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    emit(Loading(f"loading {config.dataset} data"))
+    spec = DataSpec(
+        config.dataset, config.data_dir, config.download, config.image_size,
+        config.limit_train, config.limit_test, config.seed, config.cache_dir,
+    )
+    data = load_data(spec, lambda m, d, t: emit(Loading(m, d, t)))
+
+    emit(Loading("building the model"))
+    torch.manual_seed(config.seed)
+    model = build_model(len(data.classes), "none" if saved else config.weights)
+    model.frozen_bn = config.plan.frozen_bn
+    restored = _restore(saved, model, data, config) if saved is not None else None
+    rows = summarize(model, config.image_size)
+    model.to(device)
+    channels_last = prefers_channels_last(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    # Compiled for the training step only: evaluation (inference mode) would be one
+    # more guard failure per epoch, and dynamo gives up after a few of those.
+    step_model: nn.Module = torch.compile(model) if config.compile else model  # type: ignore[assignment]
+
+    setup = Setup(
+        config=config, device=device, precision=precision, autocast=autocast(device, precision),
+        channels_last=channels_last, data=data, model=model, step_model=step_model,
+        augment=Augmenter(config.augment, device), batches_per_epoch=count_batches(len(data.train), config.batch_size),
+        rows=rows, train_x=_place(data.train.images, device), train_y=_place(data.train.labels, device),
+        test_x=_place(data.test.images, device), test_y=_place(data.test.labels, device), restored=restored,
+    )
+    setup.rundir = rundir or _claim_run_dir(config, restored)
+    return setup
+
+
+def _claim_run_dir(config: RunConfig, restored: Restored | None) -> RunDir:
+    if restored is not None:
+        home = ckpt_mod.run_dir_of(restored.path)
+        if home is not None:
+            return RunDir.open(home, config.group_control)
+    if config.run_dir:
+        return RunDir.create_at(Path(config.run_dir), config.group_control)
+    return RunDir.create(Path(config.runs_root), config.name, config.group_control)
+
+
+def _restore(saved: dict[str, Any], model: ResNet18CBAM, data: Dataset, config: RunConfig) -> Restored:
+    path = Path(str(config.resume))
+    classes = saved["classes"]
+    if list(classes) != list(data.classes):
+        raise CheckpointError(
+            f"checkpoint {path} was trained on {len(classes)} classes ({', '.join(classes[:3])}...), "
+            f"but the data set now has {len(data.classes)} ({', '.join(data.classes[:3])}...)"
+        )
+    try:
+        model.load_state_dict(saved["model"], strict=True)
+    except RuntimeError as exc:
+        lines = str(exc).splitlines()
+        first = lines[1].strip() if len(lines) > 1 else lines[0]
+        raise CheckpointError(f"checkpoint {path} does not fit the model: {first}") from None
+    pos = saved["position"]
+    sums = saved["sums"]
+    torch.set_rng_state(saved["rng"])
+    return Restored(
+        path=path,
+        position=Position(pos["stage"], pos["epoch"], pos["batch"], pos["trained"]),
+        sums=Sums(float(sums["loss_sum"]), sums["correct"], sums["seen"]),
+        best_acc=float(saved["best_acc"]),
+        best_epoch=saved["best_epoch"],
+        global_step=saved["global_step"],
+        optimizer=saved["optimizer"],
+        optimizer_stage=saved["optimizer_stage"],
+        scaler=saved.get("scaler"),
+        history=saved["history"],
+    )
+
+
+def _place(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Keep a split on the device when it fits comfortably (CIFAR-10 train is 150 MB)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if t.numel() * t.element_size() > free // 4:
+            return t.pin_memory()
+    return t.to(device)

@@ -1,0 +1,439 @@
+"""The run directory as an attacker and a broken disk see it: links, FIFOs, planted
+files, garbled lines. Nothing outside the run is touched, nothing planted is read,
+and one broken run never breaks another's listing."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from core.control import Control
+from core.errors import RunDirError
+from core.events import BatchLogged, CommandTaken, EpochEnded, RunFailed, RunFinished, RunStopped, Watching
+from core.follow import Follower
+from core.rundir import (
+    Command,
+    EventReader,
+    Inbox,
+    RunDir,
+    StopReason,
+    can_control,
+    inspect_run,
+    list_runs,
+    open_run,
+    probe_owner,
+    resolve_run,
+    send,
+    wait_taken,
+)
+from tests.conftest import Recorder, cli, tiny_config, train
+from tests.scripted import events as scripted_events
+
+
+@pytest.fixture(scope="module")
+def script() -> list:
+    """A short run: start, stage 1, three epochs of two log points, finished."""
+    body = list(scripted_events(epochs=3, batches=4, log_every=2))
+    return [*body, RunFinished(body[-1].test_acc, body[-1].test_acc, 3, 12.5)]
+
+
+def fake_run(root: Path, name: str, events: list, hold: bool = False) -> tuple[Path, RunDir | None]:
+    """A run directory holding ``events``; ``hold``: this process keeps it locked (a live owner)."""
+    run = RunDir.create_at(root / name)
+    run.write_config({})
+    for e in events:
+        run.write(e)
+    if hold:
+        return run.path, run
+    run.close()
+    return run.path, None
+
+
+def command_name(verb: str) -> str:
+    return f"{time.time_ns():020d}-{os.getpid()}-{verb}"
+
+
+# --- liveness: the lock, not the pid file ------------------------------------------
+
+
+def test_a_live_owner_is_its_lock_and_a_planted_pid_proves_nothing(tmp_path: Path, script: list) -> None:
+    live, holder = fake_run(tmp_path, "live", script[:6], hold=True)
+    gone, _ = fake_run(tmp_path, "gone", script[:6])
+    (gone / "run.pid").write_text("1\n")  # pid 1 is alive, and older than anything
+    try:
+        with open_run(live) as run:
+            assert probe_owner(run).alive and probe_owner(run).pid == os.getpid()
+        with open_run(gone) as run:
+            assert not probe_owner(run).alive
+        states = {r.path.name: r.state for r in list_runs(tmp_path)}
+        assert states == {"live": "running", "gone": "dead"}
+    finally:
+        assert holder is not None
+        holder.close()
+    with open_run(live) as run:
+        assert not probe_owner(run).alive  # released the moment its owner let go
+
+
+def test_run_files_are_owner_only_and_a_second_owner_is_refused(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path / "runs", "x")
+    try:
+        assert stat.S_IMODE(run.path.stat().st_mode) == 0o700
+        assert stat.S_IMODE((run.path / ".lock").stat().st_mode) == 0o600
+        assert stat.S_IMODE((run.path / "control").stat().st_mode) == 0o700
+        run.write_config({"a": 1})
+        assert stat.S_IMODE((run.path / "config.json").stat().st_mode) == 0o600
+        (run.path / "events.jsonl").write_text("")
+        with pytest.raises(RunDirError, match=f"in use by another cbam-tui process \\(pid {os.getpid()}\\)"):
+            RunDir.open(run.path)
+    finally:
+        run.close()
+
+
+# --- never follow a link, never touch what is not ours ----------------------------
+
+
+def test_run_dir_refuses_a_directory_that_is_not_a_run_and_changes_nothing(tmp_path: Path) -> None:
+    other = tmp_path / "mine"
+    (other / "control").mkdir(parents=True)
+    (other / "control" / "notes.txt").write_text("keep me")
+    (other / "config.json").write_text("{}")
+    (other / "metrics.csv").write_text("my,data\n")
+    before = {p: p.read_bytes() for p in other.rglob("*") if p.is_file()}
+    with pytest.raises(RunDirError, match="not empty and holds no run"):
+        train(tiny_config(tmp_path, run_dir=str(other)))
+    assert {p: p.read_bytes() for p in other.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    "entry", ["control", "events.jsonl", *(pytest.param(e, marks=pytest.mark.slow) for e in ("run.pid", "metrics.csv",
+                                                                                          "checkpoints"))],
+)
+def test_a_planted_link_in_a_run_stops_a_resume_and_its_target_is_untouched(
+    tmp_path: Path, entry: str
+) -> None:
+    home = stopped_run(tmp_path)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("do not touch")
+    target = victim if entry in ("control", "checkpoints") else victim / "precious"
+    moved = home / f"{entry}.moved"
+    had = os.path.lexists(home / entry)  # run.pid is gone once its process is
+    if had:
+        os.rename(home / entry, moved)
+    os.symlink(target, home / entry)
+    with pytest.raises(RunDirError, match=f"{entry} is not a"):
+        train(tiny_config(tmp_path, resume=str(home)))
+    assert (victim / "precious").read_text() == "do not touch" and os.listdir(victim) == ["precious"]
+    os.unlink(home / entry)
+    if had:
+        os.rename(moved, home / entry)
+    outcome, _ = train(tiny_config(tmp_path, resume=str(home)))  # put back, it resumes
+    assert outcome == StopReason.FINISHED
+
+
+def test_the_inbox_reads_only_regular_command_files_of_its_own(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path / "runs", "x")
+    run.write_config({})
+    secret = tmp_path / "secret"
+    secret.write_text('{"origin": "the secret"}')
+    inbox_dir = run.path / "control"
+    os.symlink(secret, inbox_dir / command_name("pause"))
+    os.mkfifo(inbox_dir / command_name("stop"))
+    (inbox_dir / command_name("save")).mkdir()
+    (inbox_dir / "notes.txt").write_text("not a command")
+    (inbox_dir / command_name("jump")).write_text('{"origin": "x"}')
+    (inbox_dir / command_name("next")).write_text("garbage, not JSON")
+    taken: list[tuple[str, str]] = []
+    try:
+        inbox = Inbox(run, lambda c, origin: taken.append((c.verb, origin)))
+        started = time.monotonic()
+        inbox.poll(force=True)
+        assert time.monotonic() - started < 1.0  # a FIFO cannot hang it
+        assert taken == []
+        assert secret.read_text() == '{"origin": "the secret"}'
+        assert (inbox_dir / "notes.txt").exists()  # not ours to delete
+        send(run.path, Command("resume"), "ctl pid 1")
+        inbox.poll(force=True)
+        assert taken == [("resume", "ctl pid 1")]
+        # The inbox itself swapped for a link to another directory: the open inbox never goes there.
+        victim = tmp_path / "victim"
+        victim.mkdir()
+        (victim / command_name("stop")).write_text('{"origin": "planted"}')
+        os.rename(inbox_dir, run.path / "control.old")
+        os.symlink(victim, inbox_dir)
+        inbox.poll(force=True)
+        assert taken == [("resume", "ctl pid 1")] and len(os.listdir(victim)) == 1
+    finally:
+        run.close()
+
+
+def test_stale_commands_of_a_gone_owner_are_dropped_and_late_ones_taken_back(tmp_path: Path, script: list) -> None:
+    path, holder = fake_run(tmp_path, "r", script[:6], hold=True)
+    assert holder is not None
+    try:
+        stale = path / "control" / f"{1:020d}-99-stop"
+        stale.write_text('{"origin": "a process that is gone"}')
+        sent = send(path, Command("pause"), "test")  # while the trainer starts up: kept for it
+        taken: list[str] = []
+        inbox = Inbox(holder, lambda c, o: taken.append(c.verb))
+        assert not stale.exists()
+        inbox.poll(force=True)
+        assert taken == ["pause"] and wait_taken(path, sent, 1.0)
+        late = send(path, Command("stop"), "test")  # nobody polls: taken back, never applied later
+        assert wait_taken(path, late, 0.2) is False
+        inbox.poll(force=True)
+        assert taken == ["pause"]
+        threading.Timer(0.3, lambda: inbox.poll(force=True)).start()
+        assert wait_taken(path, send(path, Command("resume"), "test"), 5.0) is True
+        assert taken == ["pause", "resume"]
+    finally:
+        holder.close()
+
+
+# --- a crafted checkpoint is input, not trust ----------------------------------------
+
+
+def test_a_crafted_checkpoint_runs_no_code_and_writes_nowhere_else(tmp_path: Path) -> None:
+    import pickle
+
+    import torch
+
+    from core import checkpoint
+
+    good = torch.load(stopped_run(tmp_path) / "checkpoints" / "last.pt", weights_only=True)
+    good.pop("digest")
+    marker = tmp_path / "pwned"
+    planted = tmp_path / "planted" / "cifar-10-batches-py"
+    planted.mkdir(parents=True)
+    payload = pickle.dumps(_Touch(str(marker)))
+    for name in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"):
+        (planted / name).write_bytes(payload)
+
+    def crafted(**changes: object) -> Path:
+        path = tmp_path / f"crafted-{len(list(tmp_path.glob('crafted-*')))}.pt"
+        state = {**good, "config": {**good["config"], **changes}}
+        path.write_bytes(checkpoint.serialize(state))  # a valid digest: an attacker can compute one
+        return path
+
+    from core.errors import CbamError
+
+    with pytest.raises(CbamError, match="do not match their published checksums"):
+        train(tiny_config(tmp_path, resume=str(crafted(dataset="cifar10", data_dir=str(planted.parent), download=False))))
+    assert not marker.exists()
+    for name in ("/../../x", "..", "a/b"):
+        with pytest.raises(CbamError, match="--name must be one path component"):
+            train(tiny_config(tmp_path, resume=str(crafted(name=name))))
+    assert not (tmp_path.parent / "x").exists() and not any(tmp_path.glob("x*"))
+    with pytest.raises(CbamError, match="batch_size is str"):
+        train(tiny_config(tmp_path, resume=str(crafted(batch_size="64"))))
+
+
+class _Touch:
+    """A pickle that would create a file when loaded: proof that it never was."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+# --- one bad line never breaks a listing, a dashboard or a resume -----------------------
+
+
+BAD_LINES = [b"42\n", b"\xff\xfe not utf-8\n", b'{"event":"epoch_ended","test_acc":"high"}\n', b"{cut short"]
+
+
+def test_bad_lines_are_counted_and_skipped_everywhere(tmp_path: Path, script: list, capsys) -> None:
+    _good, _ = fake_run(tmp_path / "runs", "a-good", script)
+    bad, _ = fake_run(tmp_path / "runs", "b-garbled", script)
+    linked, _ = fake_run(tmp_path / "runs", "c-linked", script)
+    with (bad / "events.jsonl").open("ab") as f:
+        for line in BAD_LINES:
+            f.write(line)
+    os.replace(linked / "events.jsonl", tmp_path / "elsewhere.jsonl")
+    os.symlink(tmp_path / "elsewhere.jsonl", linked / "events.jsonl")
+    code, out, err = cli(capsys, "runs", "--runs-root", str(tmp_path / "runs"))
+    assert code == 0, err
+    rows = {r[0]: r[1] for r in map(str.split, out.splitlines()) if len(r) >= 8 and r[0][:2] in ("a-", "b-", "c-") and not r[0].endswith(":")}
+    assert rows == {"a-good": "finished", "b-garbled": "finished", "c-linked": "unreadable"}, out
+    assert "b-garbled: 4 unreadable lines in events.jsonl" in out
+    assert "c-linked:" in out and "symbolic link" in out
+
+    with open_run(bad) as run:
+        reader = EventReader(run)
+        events = [e for e, _ in reader.read_all(final=True)]
+    assert events == script and reader.bad == 4
+
+    seen = Recorder(lambda e: follower.stop() if isinstance(e, Watching) else None)
+    follower = Follower(bad, seen)
+    follower.run()
+    assert [e for e in seen.events if not isinstance(e, Watching)] == script
+    assert resolve_run(None, tmp_path / "runs").name in ("a-good", "b-garbled", "c-linked")
+
+
+def test_a_run_with_a_cut_metrics_line_and_garbage_resumes_to_one_row_per_epoch(tmp_path: Path) -> None:
+    home = stopped_run(tmp_path, "1,2,0")
+    with (home / "metrics.csv").open("a") as f:
+        f.write("2,2,1,6,2.3")  # cut short by a crash
+    with (home / "events.jsonl").open("ab") as f:
+        f.write(b"42\n\xff\n{cut")
+    outcome, _again = train(tiny_config(tmp_path, resume=str(home)))
+    assert outcome == StopReason.FINISHED
+    rows = (home / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[1] for r in rows[1:]] == ["1", "2", "3"] and all(len(r.split(",")) == 10 for r in rows)
+
+
+# --- names ------------------------------------------------------------------------
+
+
+def test_runs_are_found_by_name_and_prefix(tmp_path: Path, script: list, capsys) -> None:
+    root = tmp_path / "runs"
+    for name in ("20260101-120000-demo", "20260101-130000-demo", "20260102-090000-cbam"):
+        fake_run(root, name, script)
+    assert resolve_run("20260102", root).name == "20260102-090000-cbam"
+    assert resolve_run("20260101-130000-demo", root).name == "20260101-130000-demo"
+    with pytest.raises(RunDirError, match="matches 2 runs"):
+        resolve_run("20260101", root)
+    with pytest.raises(RunDirError, match="neither a run directory nor the name of a run"):
+        resolve_run("zzz", root)
+    code, _, err = cli(capsys, "ctl", "2026", "pause", "--runs-root", str(root))
+    assert code == 1 and "matches 3 runs" in err and err.count("\n") == 1
+
+
+def test_bad_paths_and_ended_runs_get_one_sentence(tmp_path: Path, script: list, capsys) -> None:
+    ended, _ = fake_run(tmp_path, "ended", [*script[:6], RunStopped("SIGINT", 1, 1, 0, None)])
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    for arg, message in [
+        (str(tmp_path / "nope"), "does not exist"),
+        (str(tmp_path / "plain"), "is not a cbam-tui run directory"),
+        (str(tmp_path / "file.txt"), "is a file, not a run directory"),
+    ]:
+        code, out, err = cli(capsys, "watch", arg)
+        assert code == 1 and out == "" and err.count("\n") == 1 and message in err, err
+    code, _, err = cli(capsys, "watch", "--runs-root", str(tmp_path / "empty"))
+    assert code == 1 and "no runs yet" in err
+    code, _, err = cli(capsys, "ctl", str(ended), "pause")
+    assert code == 1 and "no live process owns the run" in err and err.count("\n") == 1
+    code, _, err = cli(capsys, "ctl", str(ended), "jump")
+    assert code == 1 and "unknown command 'jump'" in err
+
+
+def test_the_follower_replays_then_follows_and_reports_a_dead_owner(tmp_path: Path, script: list) -> None:
+    path, holder = fake_run(tmp_path, "r", script[:8], hold=True)
+    assert holder is not None
+    seen = Recorder()
+    follower = Follower(path, seen)
+    thread = threading.Thread(target=follower.run)
+    thread.start()
+    try:
+        _wait(lambda: len([e for e in seen.events if not isinstance(e, Watching)]) == 8)
+        assert seen.of(Watching)[0].can_control
+        holder.write(script[8])
+        line = (script[9].to_json() + "\n").encode()
+        with (path / "events.jsonl").open("ab") as f:  # a line written in two halves
+            f.write(line[:10])
+            f.flush()
+            time.sleep(0.1)
+            f.write(line[10:])
+        _wait(lambda: script[9] in seen.events)
+        assert seen.events.count(script[8]) == 1 and seen.events.count(script[9]) == 1
+        holder.close()  # the owner is gone without a final event
+        _wait(lambda: seen.of(RunFailed))
+        assert "gone without a final event" in seen.of(RunFailed)[0].message
+    finally:
+        follower.stop()
+        thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_a_trainer_obeys_commands_from_other_processes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = tiny_config(tmp_path, limit_train=160, run_dir=str(run))
+    sent: list[str] = []
+
+    def react(e) -> None:
+        def later(verb: str) -> None:
+            threading.Thread(target=lambda: wait_taken(run, send(run, Command(verb), "ctl"), 10)).start()
+
+        if isinstance(e, BatchLogged) and e.global_step == 2 and not sent:
+            sent.append("pause")
+            later("pause")
+        if e.kind == "paused":
+            later("next")
+            later("resume")
+        if e.kind == "stage_started" and e.stage == 2:
+            later("stop")
+
+    outcome, rec = train(config, react)
+    assert outcome == StopReason.COMMAND and outcome.exit_code == 0
+    verbs = [e.verb for e in rec.of(CommandTaken)]
+    assert verbs[0] == "pause" and set(verbs[1:3]) == {"next", "resume"} and verbs[3] == "stop"
+    assert next(e for e in rec.of(EpochEnded) if e.stage == 1).batches_done < 20  # "next" cut it short
+    assert can_control(open_run(run)) == (False, "no live process owns the run: watching only")
+
+
+def _plan(epochs: str):
+    from core.plan import PlanOptions
+
+    return PlanOptions(stage_epochs=epochs, lrs="1e-2,1e-3,1e-3")
+
+
+def stopped_run(tmp_path: Path, epochs: str = "1,1,0") -> Path:
+    """A real run stopped (by command) as its second stage starts; its directory."""
+    control = Control()
+
+    def react(e) -> None:
+        if e.kind == "stage_started" and e.stage == 2:
+            control.stop(StopReason.COMMAND)
+
+    outcome, rec = train(tiny_config(tmp_path, plan_opts=_plan(epochs)), react, control)
+    assert outcome == StopReason.COMMAND
+    return rec.run_dir
+
+
+def _wait(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_runs_lists_a_detached_child_as_starting_while_its_parent_holds_the_lock(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path, "x")
+    run.write_config({})
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(30)"], pass_fds=(run.lock_fd,)
+        )
+        run.hand_over(child.pid)
+        info = inspect_run(run.path)
+        assert info.state == "starting" and info.pid == child.pid
+        child.kill()
+        child.wait()
+        assert inspect_run(run.path).state == "dead"
+    finally:
+        run.close()
+
+
+def test_events_are_single_writes_so_a_reader_never_sees_half_a_line(tmp_path: Path, script: list) -> None:
+    path, holder = fake_run(tmp_path, "r", [], hold=True)
+    assert holder is not None
+    with open_run(path) as run:
+        reader = EventReader(run)
+        got = []
+        for e in script:
+            holder.write(e)
+            got.extend(x for x, _ in reader.read())
+    holder.close()
+    assert got == script and reader.bad == 0
+    assert all(json.loads(line)["t"] > 0 for line in (path / "events.jsonl").read_text().splitlines())

@@ -1,0 +1,170 @@
+"""Starting what the CLI was asked for: a run under the dashboard, headless or
+detached, or a dashboard attached to a run. These are the CLI's entry points, the
+only code that installs signal handlers; each returns the process's exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from core.config import RunConfig
+from core.control import Control
+from core.errors import CbamError, RunDirError
+from core.events import RunFailed, RunStarted
+from core.rundir import TRAIN_LOG, EventReader, RunDir, StopReason, inspect_run, read_config
+from core.state import FAILED, STOPPED, RunState
+from tui.signals import stop_on_signals
+
+LOCK_FD_ENV = "CBAM_TUI_LOCK_FD"  # a detached child inherits its parent's lock on the run
+LOCKED_AT_ENV = "CBAM_TUI_LOCKED_AT"
+DETACH_WAIT_S = 120.0  # for the child to start training (a first decode of 60,000 JPEGs takes ~30 s)
+
+
+def dashboard(config: RunConfig) -> int:
+    from tui.app import make_app
+    from tui.links import InProcessLink
+
+    link = InProcessLink(config.replace(on_nonfinite="pause"))
+    app = make_app(link)
+    with stop_on_signals(link.stop):
+        app.run()
+    link.stop(StopReason.QUIT)  # a no-op unless the app ended some unexpected way
+    print_outcome(app.state, app.error)
+    return app.exit_code
+
+
+def watch(run: Path) -> int:
+    from tui.app import make_app
+    from tui.links import DirectoryLink
+
+    link = DirectoryLink(run)
+    app = make_app(link)
+    with stop_on_signals(link.stop):
+        app.run()
+    info = inspect_run(run)
+    if info.live:
+        print(f"cbam-tui: left {run}; training goes on ({info.state}, pid {info.pid}). Back with: cbam-tui watch {run}")
+    else:
+        best = f" | best test acc {info.best_acc:.2f}%" if info.best_acc is not None else ""
+        print(f"cbam-tui: {run}: {info.state}{best}")
+    if app.error:
+        print(f"cbam-tui: error: {app.error}", file=sys.stderr)
+    return app.exit_code
+
+
+def headless(config: RunConfig, rundir: RunDir | None = None) -> int:
+    from tui.headless import run_headless
+
+    control = Control()
+    with stop_on_signals(control.stop):
+        reason = run_headless(config, control, rundir=rundir)
+    return reason.exit_code
+
+
+def print_outcome(state: RunState, error: str | None) -> None:
+    """What stays in the terminal after the dashboard is gone."""
+    started = state.first
+    if started is not None:
+        final = state.epochs[-1].test_acc if state.epochs else None
+        best = state.best_acc
+        print(
+            f"cbam-tui: {state.status.lower()}"
+            + (f" | final test acc {final:.2f}%" if final is not None else "")
+            + (f" | best {best:.2f}% (epoch {state.best_epoch})" if best is not None else "")
+            + f" | run directory: {started.run_dir}"
+        )
+        if state.status in (STOPPED, FAILED) and state.last_checkpoint:
+            print(f"cbam-tui: continue with: cbam-tui run --resume {started.run_dir}")
+    if error:
+        print(f"cbam-tui: error: {error}", file=sys.stderr)
+
+
+# --- detach: the same training in a process of its own ---------------------------
+
+
+def detach(config: RunConfig, home: Path | None) -> int:
+    """Claim the run here (so a bad option or a busy run fails in the foreground), hand
+    its lock to a headless child in a new session, and return once it trains."""
+    if config.resume and home is not None:
+        rundir = RunDir.open(home, config.group_control)
+    elif config.run_dir:
+        rundir = RunDir.create_at(Path(config.run_dir), config.group_control)
+    else:
+        rundir = RunDir.create(Path(config.runs_root), config.name, config.group_control)
+    run = rundir.path.resolve()
+    try:
+        rundir.write_config(config.to_dict())
+        log = rundir.open_log()
+    except OSError as exc:
+        rundir.close()
+        raise RunDirError(f"cannot write to {run}: {exc.strerror or exc}") from None
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tui.cli", "_child", str(run)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            pass_fds=(rundir.lock_fd,),
+            env={
+                **os.environ, "PYTHONUNBUFFERED": "1",
+                LOCK_FD_ENV: str(rundir.lock_fd), LOCKED_AT_ENV: str(rundir.locked_at_ns),
+            },
+        )
+    finally:
+        os.close(log)
+    rundir.hand_over(child.pid)
+    print(f"cbam-tui: starting in the background, pid {child.pid}; run directory {run}", flush=True)
+    code = _wait_started(run, child)
+    if code is not None:
+        tail = _last_line(run / TRAIN_LOG) or f"exit {code}"
+        raise CbamError(f"the background run ended at once: {tail}")
+    print(f"  output:    {run / TRAIN_LOG}")
+    print(f"  dashboard: cbam-tui watch {run}")
+    print(f"  control:   cbam-tui ctl {run} pause|resume|next|save|stop")
+    return 0
+
+
+def _wait_started(run: Path, child: subprocess.Popen[bytes]) -> int | None:
+    """None once the child has started training (or is still loading after a while);
+    its exit code if it ended first."""
+    from core.rundir import open_run
+
+    deadline = time.monotonic() + DETACH_WAIT_S
+    with open_run(run) as d:
+        reader = EventReader(d)
+        while time.monotonic() < deadline:
+            code = child.poll()
+            events = [e for e, _ in reader.read()]
+            if any(isinstance(e, RunStarted) for e in events):
+                return None
+            if code is not None or any(isinstance(e, RunFailed) for e in events):
+                return child.wait()
+            time.sleep(0.1)
+    print(f"cbam-tui: still loading after {DETACH_WAIT_S:.0f} s; it goes on in the background")
+    return None
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def child(run: Path) -> int:
+    """The detached process: adopt the run its parent claimed, read its config, train."""
+    try:
+        fd, locked_at = int(os.environ.pop(LOCK_FD_ENV)), int(os.environ.pop(LOCKED_AT_ENV))
+    except (KeyError, ValueError):
+        raise CbamError("the _child command is started by run --detach, not by hand") from None
+    rundir = RunDir.adopt(run, fd, locked_at)
+    try:
+        config = RunConfig.from_dict(read_config(rundir.dir), f"{run}/config.json")
+    except CbamError as exc:
+        rundir.write(RunFailed(str(exc)))
+        rundir.close()
+        raise
+    return headless(config, rundir)

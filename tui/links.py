@@ -1,0 +1,113 @@
+"""How the one dashboard reaches a run: two links behind one small interface.
+
+- `InProcessLink`: the Trainer runs in the dashboard's worker thread; keys go to
+  its Control. Leaving stops the run (with a checkpoint).
+- `DirectoryLink`: a Follower reads the run's directory; keys become commands in
+  its inbox. Leaving leaves the run alone. `watch`, `--detach` and every
+  multi-process run use this one.
+
+`start` runs in the worker thread until the link is done and returns why it
+ended (a StopReason, whose exit code the CLI returns); `send` passes a key's
+command on and returns a line for the log, or raises CbamError with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from core.config import RunConfig
+from core.control import Control
+from core.events import Event
+from core.rundir import Command, StopReason
+
+OnEvent = Callable[[Event], None]
+
+
+class Link(Protocol):
+    leaving_stops_run: bool
+
+    def start(self, on_event: OnEvent) -> StopReason: ...
+
+    def send(self, command: Command) -> str: ...
+
+    def stop(self, reason: StopReason) -> None: ...
+
+
+class InProcessLink:
+    leaving_stops_run = True
+
+    def __init__(self, config: RunConfig, trainer: Callable[[RunConfig, OnEvent, Control], object] | None = None):
+        self.config = config
+        self.control = Control()
+        self._trainer = trainer  # tests pass a scripted stand-in
+
+    def start(self, on_event: OnEvent) -> StopReason:
+        if self._trainer is not None:
+            outcome = self._trainer(self.config, on_event, self.control)
+            return outcome if isinstance(outcome, StopReason) else StopReason.FINISHED
+        from core.train import Trainer
+
+        if self.config.resume:
+            replay_history(Path(self.config.resume), on_event)
+        return Trainer(self.config, on_event, self.control).run()
+
+    def send(self, command: Command) -> str:
+        self.control.apply(command)
+        return {
+            "pause": "pausing at the next batch boundary",
+            "resume": "resuming",
+            "next": "next stage requested: this epoch ends at the next batch",
+            "save": "saving a checkpoint at the next batch boundary",
+            "stop": "stopping at the next batch boundary, with a checkpoint",
+        }[command.verb]
+
+    def stop(self, reason: StopReason) -> None:
+        self.control.stop(reason)
+
+
+class DirectoryLink:
+    leaving_stops_run = False
+
+    def __init__(self, run: Path) -> None:
+        from core.follow import Follower
+
+        self.run = run
+        self.origin = f"watch pid {os.getpid()}"
+        self._reason = StopReason.LEFT
+        self._follower = Follower(run, lambda _event: None)
+
+    def start(self, on_event: OnEvent) -> StopReason:
+        self._follower.emit = on_event
+        self._follower.run()
+        return self._reason
+
+    def send(self, command: Command) -> str:
+        from core.rundir import send
+
+        status = self._follower.state.status
+        ended = status.lower() if status in ("FINISHED", "STOPPED", "FAILED") else None
+        send(self.run, command, self.origin, ended)
+        return f"{command.verb} sent: the run takes it at its next batch"
+
+    def stop(self, reason: StopReason) -> None:
+        self._reason = reason
+        self._follower.stop()
+
+
+def replay_history(resume: Path, on_event: OnEvent) -> None:
+    """A resumed run's dashboard starts from the run's whole story, not a blank screen."""
+    from core.errors import CbamError
+    from core.rundir import EventReader, open_run
+
+    if not resume.is_dir():
+        return
+    try:
+        with open_run(resume) as run:
+            events = EventReader(run).read_all()
+    except (CbamError, OSError):
+        return  # the trainer says what is wrong with it, in one sentence
+    for event, _ in events:
+        on_event(event)
