@@ -91,6 +91,44 @@ def paused_cpu_and_key_latency(tmp: Path, session: str = "cbam-pause") -> tuple[
     return share, latencies
 
 
+def attached_key_latency(tmp: Path, presses: int = 10, session: str = "cbam-attach") -> tuple[list[float], list[float]]:
+    """`watch` on a detached run: key press to changed screen, through the run directory.
+
+    Paused to running is the link alone (the trainer waits, polling its inbox); running
+    to paused also waits for the batch in flight to end.
+    """
+    root = tmp / "attached"
+    started = subprocess.run(
+        [CBAM_TUI, "demo", "--detach", "--runs-root", str(root), *RUN, "--stage-epochs", "50,1,1"],
+        capture_output=True, text=True, check=True,
+    )
+    (run,) = root.iterdir()
+    pid = int((run / "run.pid").read_text())
+    subprocess.run([CBAM_TUI, "ctl", str(run), "pause"], check=True, capture_output=True)
+    pane = tmux("new-session", "-d", "-P", "-F", "#{pane_id}", "-s", session, "-x", "100", "-y", "30",
+                f"TERM=xterm-256color exec {CBAM_TUI} watch {run}").strip()
+
+    def until(word: str) -> None:
+        while word not in tmux("capture-pane", "-p", "-t", pane).splitlines()[0]:
+            time.sleep(0.002)
+
+    try:
+        until("PAUSED")
+        to_running, to_paused = [], []
+        for _ in range(presses):
+            for word, into in (("RUNNING", to_running), ("PAUSED", to_paused)):
+                time.sleep(0.5)
+                tmux("send-keys", "-t", pane, "p")
+                t = time.perf_counter()
+                until(word)
+                into.append((time.perf_counter() - t) * 1000)
+    finally:
+        tmux("kill-pane", "-t", pane)
+        os.kill(pid, 9)
+    assert started.returncode == 0
+    return to_running, to_paused
+
+
 async def redraw_ms() -> tuple[list[float], list[float]]:
     from tests.conftest import tiny_config
     from tests.scripted import ScriptedTrainer, events
@@ -121,11 +159,17 @@ async def redraw_ms() -> tuple[list[float], list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--only-attached", action="store_true", help="measure only the attached dashboard's keys")
     args = parser.parse_args()
     if shutil.which("tmux") is None:
         sys.exit("bench/dashboard.py needs tmux")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        if args.only_attached:
+            running, paused = attached_key_latency(tmp)
+            print(f"watch, paused -> RUNNING: median {statistics.median(running):.0f} ms, max {max(running):.0f} ms; "
+                  f"running -> PAUSED: median {statistics.median(paused):.0f} ms, max {max(paused):.0f} ms")
+            return
         plain, dash = [], []
         for r in range(args.repeats):  # alternating, so drift hits both alike
             plain.append(headless(tmp / f"headless-{r}"))
@@ -140,6 +184,11 @@ def main() -> None:
         print(f"CPU while paused: {100 * share:.1f}% of one core")
         lat = statistics.median(latencies)
         print(f"key to screen while training: median {lat:.0f} ms, max {max(latencies):.0f} ms")
+        running, paused = attached_key_latency(tmp)
+        print(f"watch (run directory link), p on a paused run until RUNNING shows: median "
+              f"{statistics.median(running):.0f} ms, max {max(running):.0f} ms of {len(running)}")
+        print(f"  p on a running run until PAUSED shows (the batch in flight ends first): median "
+              f"{statistics.median(paused):.0f} ms, max {max(paused):.0f} ms of {len(paused)}")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ Emit = Callable[[Event], None]
 
 PROGRESS_EVERY_S = 0.5  # Progress events: host-side counters only
 DRAIN_EVERY_S = 1.0  # iteration losses to the host (and the non-finite check) at least this often
+PAUSED_POLL_S = 0.01  # a paused run looks at its inbox this often: an attached key acts within a frame
 _NEXT, _DONE = "next", "done"
 
 
@@ -330,7 +331,7 @@ class Trainer:
         try:
             while True:
                 if self.inbox is not None:
-                    self.inbox.poll()
+                    self.inbox.poll(force=paused_at is not None)  # paused, nothing else costs a thing
                 if self.control.stop_reason is not None:
                     return "stop"
                 if self.control.take_save():
@@ -346,7 +347,7 @@ class Trainer:
                     paused_at = time.perf_counter()
                     here = ep.here()
                     self._emit(Paused(here.stage + 1, here.epoch, here.batch, pause_reason))
-                self.control.wait(0.05)
+                self.control.wait(PAUSED_POLL_S)
         finally:
             if paused_at is not None:
                 ep.pause(time.perf_counter() - paused_at)

@@ -146,6 +146,7 @@ class CbamApp(App[int]):
                 log.add_lines(lines)
         if self.state.status != before or message.event.kind in ("watching", "run_started"):
             self.refresh_bindings()
+            self.redraw()  # a change of state shows at once; streams of numbers wait for the timer
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "training":
@@ -252,18 +253,10 @@ class CbamApp(App[int]):
 
     # --- keys -------------------------------------------------------------------
     def action_pause(self) -> None:
-        self._request(Command("pause"))
-        if self.link.leaving_stops_run:  # shown at once; the trainer stops at the end of the batch in flight
-            self.state.status = PAUSED
-            self.state.version += 1
-            self.refresh_bindings()
+        self._request(Command("pause"), PAUSED)
 
     def action_resume(self) -> None:
-        self._request(Command("resume"))
-        if self.link.leaving_stops_run:
-            self.state.status = RUNNING
-            self.state.version += 1
-            self.refresh_bindings()
+        self._request(Command("resume"), RUNNING)
 
     def action_next_stage(self) -> None:
         st = self.state.stage
@@ -304,11 +297,18 @@ class CbamApp(App[int]):
             why = f"the run is {status}" + ("" if state.stage else "; wait for its first stage")
         self._note(f"cannot {verb}: {why}")
 
-    def _request(self, command: Command) -> None:
+    def _request(self, command: Command, shown: str | None = None) -> None:
+        """Send a key's command. A run owned here shows ``shown`` at once (its Control
+        takes it at the next batch boundary); an attached one shows what the run reports."""
         try:
             self._note(self.link.send(command))
         except CbamError as exc:
             self._note(f"cannot {command.verb}: {exc}")
+            return
+        if shown is not None and self.link.leaving_stops_run:
+            self.state.status = shown
+            self.state.version += 1
+            self.refresh_bindings()
         self.redraw()
 
     def action_quit_run(self) -> None:
