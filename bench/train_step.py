@@ -131,14 +131,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def fake_image_folder(root: Path, per_class: int, size: int) -> Path:
-    """An image folder of random JPEGs, for --make-data and --dry-run."""
+def fake_image_folder(root: Path, per_class: int, size: int, names: tuple[str, ...] = ()) -> Path:
+    """An image folder of random JPEGs (10 classes, ``names`` or class0..class9), for --make-data and --dry-run."""
     from PIL import Image
 
     g = torch.Generator().manual_seed(0)
     for split in ("train", "test"):
         for c in range(10):
-            folder = root / split / f"class{c}"
+            folder = root / split / (names[c] if names else f"class{c}")
             folder.mkdir(parents=True)
             for i in range(per_class):
                 pixels = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8).numpy()

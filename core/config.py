@@ -36,6 +36,7 @@ class RunConfig:
     limit_test: int | None = None
     augment: str = "seed"
     cache_dir: str | None = None  # decoded image-folder cache; None = ~/.cache/cbam-tui
+    classes: str | None = None  # comma-separated class names to train on; None = all
     # model and plan
     weights: str = "imagenet"
     plan: Plan = field(default_factory=default_plan)
@@ -127,6 +128,8 @@ def validate(config: RunConfig, resuming: bool = False) -> None:
         raise ConfigError(
             f"--name must be one path component of letters, digits, '.', '_' or '-' (at most 100), not {config.name!r}"
         )
+    if config.classes is not None:
+        parse_classes(config.classes)
     if config.on_nonfinite not in ON_NONFINITE:
         raise ConfigError(f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}")
     parse_device(config.device)
@@ -151,6 +154,19 @@ def check_data_location(config: RunConfig) -> None:
                 f"CIFAR-10 is not in {root} (expected {root}/cifar-10-batches-py/ or cifar-10-python.tar.gz): "
                 "drop --no-download to fetch it (170 MB), or use --dataset imagefolder"
             )
+
+
+def parse_classes(text: str) -> tuple[str, ...]:
+    """``dog,frog,horse`` -> the names; at least two, none twice (checked against the data when it loads)."""
+    names = tuple(n.strip() for n in text.split(","))
+    if any(not n for n in names):
+        raise ConfigError(f"--classes needs class names separated by commas, not {text!r}")
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise ConfigError(f"--classes names {twice!r} twice")
+    if len(names) < 2:
+        raise ConfigError(f"--classes needs at least two classes, not {text!r}")
+    return names
 
 
 def parse_device(text: str) -> str:

@@ -47,6 +47,7 @@ class DataSpec:
     limit_test: int | None = None
     seed: int = 0
     cache_dir: str | None = None
+    classes: tuple[str, ...] = ()  # train on these classes only (by name); () = all
 
 
 @dataclass
@@ -82,6 +83,8 @@ def load_data(spec: DataSpec, progress: Progress | None = None) -> Dataset:
         )
     else:
         raise DataError(f"unknown data set {spec.dataset!r}: choose one of {', '.join(DATASETS)}")
+    if spec.classes:
+        data = only_classes(data, spec.classes)
     if spec.image_size != data.train.images.shape[-1] and spec.dataset == "cifar10":
         data.train.images = _resize(data.train.images, spec.image_size)
         data.test.images = _resize(data.test.images, spec.image_size)
@@ -93,6 +96,24 @@ def load_data(spec: DataSpec, progress: Progress | None = None) -> Dataset:
             "a run needs at least 2 and 1"
         )
     return data
+
+
+def only_classes(data: Dataset, wanted: tuple[str, ...]) -> Dataset:
+    """The data set cut down to ``wanted`` classes, relabelled 0..k-1 in the data set's own order."""
+    unknown = [name for name in wanted if name not in data.classes]
+    if unknown:
+        shown = ", ".join(data.classes[:12]) + (", ..." if len(data.classes) > 12 else "")
+        raise DataError(f"--classes names {unknown[0]!r}, which the {data.name} data set lacks (it has {shown})")
+    keep = [i for i, name in enumerate(data.classes) if name in wanted]
+    relabel = torch.full((len(data.classes),), -1, dtype=torch.int64)
+    relabel[keep] = torch.arange(len(keep))
+
+    def cut(split: Split) -> Split:
+        new = relabel[split.labels]
+        mask = new >= 0
+        return Split(split.images[mask], new[mask])
+
+    return Dataset(data.name, cut(data.train), cut(data.test), tuple(data.classes[i] for i in keep), data.skipped)
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:

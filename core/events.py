@@ -232,6 +232,8 @@ class BatchLogged(Event):
     avg_loss: float  # running mean over the epoch so far
     images_per_second: float
     global_step: int
+    lrs: tuple[float, ...] = ()  # each optimizer group's learning rate now (StageStarted.groups order)
+    grad_norms: tuple[float, ...] = ()  # each group's gradient L2 norm at this batch
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,86 @@ class Progress(Event):
     batch: int  # batches done in this epoch
     batches: int
     images_per_second: float  # since the epoch (or the resume) started
+    data_share: float = 0.0  # of the host's time per step, the part spent preparing the batch
+
+
+@dataclass(frozen=True)
+class Evaluating(Event):
+    """The test set's evaluation under way after an epoch (or a cut one); live only."""
+
+    kind: ClassVar[str] = "evaluating"
+    transient: ClassVar[bool] = True
+    stage: int
+    epoch: int
+    done: int  # test images evaluated
+    total: int
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    index: int
+    name: str
+    utilization: float  # percent
+    memory_used: int  # bytes
+    memory_total: int
+    power: float  # watts; -1 when the device does not say
+    temperature: float  # degrees C; -1 when unknown
+
+
+@dataclass(frozen=True)
+class SystemSample(Event):
+    """The machine as the training process sees it, at most once a second; live only."""
+
+    kind: ClassVar[str] = "system"
+    transient: ClassVar[bool] = True
+    cpu_percent: float  # of one core, this process
+    rss: int  # bytes resident, this process
+    gpus: tuple[GpuSample, ...] = ()
+    cuda_peak: int = 0  # bytes: the most this process's tensors held on its CUDA device
+    note: str = ""  # why there are no GPU figures
+
+
+@dataclass(frozen=True)
+class ClassAccuracy(Event):
+    """Per-class test results of an epoch, from the evaluation that already runs."""
+
+    kind: ClassVar[str] = "class_accuracy"
+    stage: int
+    epoch: int
+    correct: tuple[int, ...]  # per class (RunStarted.classes order)
+    total: tuple[int, ...]
+    confusion: tuple[tuple[int, ...], ...] = ()  # [true][predicted]; () beyond 50 classes
+
+
+@dataclass(frozen=True)
+class BlockAttention:
+    """What one CBAM block does to one image."""
+
+    block: str  # cbam1 ... cbam4
+    size: int  # the spatial map is size x size
+    spatial: tuple[int, ...]  # the map, row-major, 0-255 for 0.0-1.0
+    channel_mean: float  # of the channel weights (0-1)
+    channel_std: float
+    channel_above_half: float  # share of channels weighted above 0.5
+
+
+@dataclass(frozen=True)
+class AttentionImage:
+    label: str  # the image's class
+    predicted: str
+    size: int  # the thumbnail is size x size
+    pixels: tuple[int, ...]  # RGB, row-major, 3 values a pixel
+    blocks: tuple[BlockAttention, ...]
+
+
+@dataclass(frozen=True)
+class AttentionMaps(Event):
+    """At an epoch's end, what the CBAM blocks attend to in a fixed handful of test images."""
+
+    kind: ClassVar[str] = "attention"
+    stage: int
+    epoch: int
+    images: tuple[AttentionImage, ...]
 
 
 @dataclass(frozen=True)

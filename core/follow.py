@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from core.events import Event, RunFailed, Watching
-from core.rundir import EventReader, can_control, checkpoint_in, has_checkpoint, open_run, probe_owner, read_progress
+from core.events import Evaluating, Event, Progress, RunFailed, Watching
+from core.rundir import EventReader, can_control, checkpoint_in, has_checkpoint, open_run, probe_owner, read_live
 from core.safefs import Dir
 from core.state import ENDED, RunState
 
@@ -39,7 +39,7 @@ class Follower:
         self._stop = threading.Event()
         self._watching: tuple[bool, str] | None = None
         self._reported_dead = False
-        self._progress_at = (0, 0)
+        self._live_seen: tuple[Event | None, Event | None] = (None, None)
 
     def stop(self) -> None:
         """Stop following (the dashboard is leaving); the run goes on."""
@@ -55,7 +55,7 @@ class Follower:
                 if now - checked >= CHECK_OWNER_S:
                     checked = now
                     self._check_owner(run, reader)
-                self._progress(run)
+                self._live(run)
                 changes.wait(WAIT_S if changes.active else self.poll_s)
 
     def _drain(self, reader: EventReader, final: bool = False) -> None:
@@ -80,17 +80,24 @@ class Follower:
         self._reported_dead = True
         self.emit(RunFailed(GONE, str(checkpoint_in(self.path)) if has_checkpoint(run) else None))
 
-    def _progress(self, run: Dir) -> None:
-        """The batch counter between log points, while the run is live."""
+    def _live(self, run: Dir) -> None:
+        """Between log points: the batch counter (or the evaluation's), and the machine."""
         if self.state.status in ENDED or self.state.started is None or not (self._watching and self._watching[0]):
             return
-        event = read_progress(run)
-        if event is None:
-            return
-        where = (event.epoch, event.batch)
-        if where > self._progress_at and where >= (self.state.epoch, self.state.batch):
-            self._progress_at = where
-            self.emit(event)
+        position, system = read_live(run)
+        seen_position, seen_system = self._live_seen
+        if position is not None and position != seen_position and self._current(position):
+            self.emit(position)
+        if system is not None and system != seen_system:
+            self.emit(system)
+        self._live_seen = (position or seen_position, system or seen_system)
+
+    def _current(self, e: Progress | Evaluating) -> bool:
+        """Newer than what the events say: stale progress would move the counter back."""
+        ended = self.state.epochs[-1].epoch if self.state.epochs else 0
+        if isinstance(e, Evaluating):
+            return e.epoch > ended
+        return (e.epoch, e.batch) >= (self.state.epoch, self.state.batch) and e.epoch > ended
 
 
 class _Changes:

@@ -16,7 +16,7 @@ from torch import nn
 from core import checkpoint as ckpt_mod
 from core.augment import Augmenter
 from core.checkpoint import Position
-from core.config import RunConfig, merge_resume, validate
+from core.config import RunConfig, merge_resume, parse_classes, validate
 from core.data import Dataset, DataSpec, count_batches, load_data
 from core.device import autocast, prefers_channels_last, resolve_device, resolve_precision
 from core.errors import CheckpointError
@@ -85,6 +85,7 @@ def prepare(config: RunConfig, emit: Callable[[Loading], None], rundir: RunDir |
     spec = DataSpec(
         config.dataset, config.data_dir, config.download, config.image_size,
         config.limit_train, config.limit_test, config.seed, config.cache_dir,
+        parse_classes(config.classes) if config.classes else (),
     )
     data = load_data(spec, lambda m, d, t: emit(Loading(m, d, t)))
 

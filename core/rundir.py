@@ -7,7 +7,8 @@
         metrics.csv          one row per evaluated epoch (rebuilt from the checkpoint on resume)
         checkpoints/last.pt  at every epoch end, on save, on stop (atomic, digested)
         checkpoints/best.pt  the best test accuracy so far
-        progress.json        the latest batch position, for attached dashboards
+        progress.json        the latest batch (or evaluation) position, for attached dashboards
+        system.json          the latest reading of the machine (GPUs, CPU, memory)
         control/             the command inbox: one file per command
         .lock                flock()ed by the process that owns the run, for as long as it lives
         run.pid              that process's pid: a hint for people, never proof of life
@@ -39,13 +40,14 @@ from typing import Any
 
 from core import faults
 from core.errors import ConfigError, RunDirError
-from core.events import BadEvent, EpochEnded, Event, Progress, clean_text, from_dict
+from core.events import BadEvent, EpochEnded, Evaluating, Event, Progress, SystemSample, clean_text, from_dict
 from core.safefs import DIR_MODE, FILE_MODE, Dir, UnsafeFile, write_all
 
 CONFIG = "config.json"
 EVENTS = "events.jsonl"
 METRICS = "metrics.csv"
 PROGRESS = "progress.json"
+SYSTEM = "system.json"
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
@@ -54,7 +56,7 @@ LOCK = ".lock"
 PID = "run.pid"
 TRAIN_LOG = "train.log"
 ERROR_LOG = "error.log"
-_FILES = (CONFIG, EVENTS, METRICS, PROGRESS, LOCK, PID)
+_FILES = (CONFIG, EVENTS, METRICS, PROGRESS, SYSTEM, LOCK, PID)
 _DIRS = (CHECKPOINTS, CONTROL)
 
 MAX_CONFIG = 1 << 20
@@ -62,6 +64,7 @@ MAX_LINE = 8 << 20  # an event line longer than this is not one of ours
 MAX_READ = 64 << 20  # of events.jsonl per read, so a huge file is folded in steps
 MAX_COMMAND = 4096
 MAX_PROGRESS = 4096
+MAX_SYSTEM = 1 << 16
 PROGRESS_EVERY_S = 1.0
 POLL_S = 0.05  # the inbox, at batch boundaries and while paused
 GROUP_DIR_MODE, GROUP_CONTROL_MODE, GROUP_FILE_MODE = 0o750, 0o770, 0o640
@@ -282,7 +285,7 @@ class RunDir:
         self._events: int | None = None
         self._metrics: int | None = None
         self._cut = False  # the last event write failed half-way: start the next on a new line
-        self._progress_at = 0.0
+        self._live_at: dict[str, tuple[float, str]] = {}
 
     @property
     def path(self) -> Path:
@@ -458,8 +461,10 @@ class RunDir:
         crash loses nothing; OSError when the disk refuses it. Progress only replaces
         progress.json, at most once a second, and may fail quietly."""
         if event.transient:
-            if isinstance(event, Progress):
-                self._write_progress(event)
+            if isinstance(event, (Progress, Evaluating)):
+                self._write_live(PROGRESS, event)
+            elif isinstance(event, SystemSample):
+                self._write_live(SYSTEM, event)
             return
         line = json.dumps({**event.to_dict(), "t": round(time.time(), 3)}, separators=(",", ":")) + "\n"
         if self._events is None:
@@ -484,13 +489,15 @@ class RunDir:
             self._cut = self._cut or name == EVENTS  # a line cut short by a crash
         return fd
 
-    def _write_progress(self, event: Progress) -> None:
+    def _write_live(self, name: str, event: Event) -> None:
+        """The latest of a live stream, at most once a second (at once when its kind changes)."""
         now = time.monotonic()
-        if now - self._progress_at < PROGRESS_EVERY_S:
+        at, kind = self._live_at.get(name, (0.0, ""))
+        if now - at < PROGRESS_EVERY_S and kind == event.kind:
             return
-        self._progress_at = now
+        self._live_at[name] = (now, event.kind)
         with contextlib.suppress(OSError):  # stale within a second anyway
-            self.dir.write_atomic(PROGRESS, event.to_json().encode(), durable=False)
+            self.dir.write_atomic(name, event.to_json().encode(), durable=False)
 
     def _append_metrics(self, e: EpochEnded) -> None:
         if self._metrics is None:
@@ -732,13 +739,20 @@ class EventReader:
         self.last_bad = clean_text(why[:120])
 
 
-def read_progress(run: Dir) -> Progress | None:
-    try:
-        raw = run.read(PROGRESS, MAX_PROGRESS)
-        event = from_dict(json.loads(raw)) if raw else None
-    except (OSError, ValueError, BadEvent):
-        return None
-    return event if isinstance(event, Progress) else None
+def read_live(run: Dir) -> tuple[Progress | Evaluating | None, SystemSample | None]:
+    """The latest position (training or evaluating) and machine reading a live run left."""
+    found: list[Event | None] = []
+    for name, size in ((PROGRESS, MAX_PROGRESS), (SYSTEM, MAX_SYSTEM)):
+        try:
+            raw = run.read(name, size)
+            found.append(from_dict(json.loads(raw)) if raw else None)
+        except (OSError, ValueError, BadEvent):
+            found.append(None)
+    position, system = found
+    return (
+        position if isinstance(position, (Progress, Evaluating)) else None,
+        system if isinstance(system, SystemSample) else None,
+    )
 
 
 def iter_run_dirs(root: Path) -> Iterator[Path]:

@@ -12,10 +12,13 @@ from array import array
 from dataclasses import dataclass, field
 
 from core.events import (
+    AttentionMaps,
     BatchLogged,
     CheckpointSaved,
+    ClassAccuracy,
     CommandTaken,
     EpochEnded,
+    Evaluating,
     Event,
     IterLosses,
     Loading,
@@ -29,11 +32,12 @@ from core.events import (
     SaveFailed,
     StageSkipped,
     StageStarted,
+    SystemSample,
     Watching,
 )
 
-STARTING, LOADING, RUNNING, PAUSED, STOPPING, FINISHED, STOPPED, FAILED = (
-    "STARTING", "LOADING", "RUNNING", "PAUSED", "STOPPING", "FINISHED", "STOPPED", "FAILED",
+STARTING, LOADING, RUNNING, EVALUATING, PAUSED, STOPPING, FINISHED, STOPPED, FAILED = (
+    "STARTING", "LOADING", "RUNNING", "EVALUATING", "PAUSED", "STOPPING", "FINISHED", "STOPPED", "FAILED",
 )
 ENDED = (FINISHED, STOPPED, FAILED)
 
@@ -54,10 +58,18 @@ class RunState:
     batch: int = 0
     batches: int = 0
     images_per_second: float = 0.0
+    data_share: float = 0.0  # of the host's step time, preparing batches
+    evaluating: Evaluating | None = None  # the test pass under way
+    system: SystemSample | None = None  # the latest reading of the machine
     iter_losses: array[float] = field(default_factory=lambda: array("f"))
     first_step: int = 1  # global step of iter_losses[0]
     stage_steps: list[tuple[int, int]] = field(default_factory=list)  # (global step, stage) at each switch
     epochs: list[EpochEnded] = field(default_factory=list)  # each epoch once, as the latest start left it
+    class_reports: list[ClassAccuracy] = field(default_factory=list)  # per epoch, likewise
+    attention: list[AttentionMaps] = field(default_factory=list)
+    # At each loss line: (global step, stage, each group's learning rate, each group's gradient norm).
+    group_curves: list[tuple[int, int, tuple[float, ...], tuple[float, ...]]] = field(default_factory=list)
+    stage_groups: dict[int, tuple[str, ...]] = field(default_factory=dict)  # stage -> its group names
     last_checkpoint: str | None = None
     message: str | None = None  # why it paused itself, stopped or failed
     ended: RunFinished | RunStopped | RunFailed | None = None
@@ -86,12 +98,27 @@ class RunState:
                 if m.name in before and (before[m.name].trainable, before[m.name].lr) != (m.trainable, m.lr)
             )
             self.stage = e
+            self.stage_groups[e.stage] = tuple(name for name, _ in e.groups)
             if not self.stage_steps or self.stage_steps[-1][1] != e.stage:
                 self.stage_steps.append((e.global_step, e.stage))
             self.epoch, self.batch = max(self.epoch, e.first_epoch), 0 if e.first_epoch > self.epoch else self.batch
         elif isinstance(e, (Progress, BatchLogged)):
             self.epoch, self.batch, self.batches = e.epoch, e.batch, e.batches
             self.images_per_second = e.images_per_second
+            if isinstance(e, Progress):
+                self.data_share = e.data_share
+            elif e.lrs:
+                self.group_curves.append((e.global_step, e.stage, e.lrs, e.grad_norms))
+        elif isinstance(e, Evaluating):
+            self.evaluating = e
+            if self.status == RUNNING:
+                self.status = EVALUATING
+        elif isinstance(e, SystemSample):
+            self.system = e
+        elif isinstance(e, ClassAccuracy):
+            self.class_reports.append(e)
+        elif isinstance(e, AttentionMaps):
+            self.attention.append(e)
         elif isinstance(e, IterLosses):
             if self.keep_losses:
                 if not self.iter_losses:
@@ -103,12 +130,15 @@ class RunState:
         elif isinstance(e, EpochEnded):
             self.epochs.append(e)
             self.epoch, self.batch = e.epoch, e.batches_done
+            self.evaluating = None
+            if self.status == EVALUATING:
+                self.status = RUNNING
         elif isinstance(e, Paused):
             self.status = PAUSED
             self.epoch, self.batch = e.epoch, e.batch
             self.message = None if e.reason == "user" else e.reason
         elif isinstance(e, Resumed):
-            self.status, self.message = RUNNING, None
+            self.status, self.message = (EVALUATING if self.evaluating else RUNNING), None
         elif isinstance(e, Watching):
             self.watching = e
         elif isinstance(e, CommandTaken):
@@ -128,11 +158,14 @@ class RunState:
     def _start(self, e: RunStarted) -> None:
         self.first = self.first or e
         self.started = e
-        self.status, self.message, self.ended = RUNNING, None, None
+        self.status, self.message, self.ended, self.evaluating = RUNNING, None, None, None
         self.batches = e.batches_per_epoch
         self.epoch, self.batch = e.start_epoch, e.start_batch
         # A resume continues from its checkpoint: what came after it is superseded.
         self.epochs = [x for x in self.epochs if x.epoch < e.start_epoch]
+        self.class_reports = [x for x in self.class_reports if x.epoch < e.start_epoch]
+        self.attention = [x for x in self.attention if x.epoch < e.start_epoch]
+        self.group_curves = [x for x in self.group_curves if x[0] <= e.global_step]
         self.stage_steps = [x for x in self.stage_steps if x[0] <= e.global_step]
         if self.iter_losses:
             del self.iter_losses[max(e.global_step - self.first_step + 1, 0) :]

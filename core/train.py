@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from core import checkpoint as ckpt_mod
 from core import faults
+from core.attention import attention_maps, pick_images
 from core.checkpoint import Position
 from core.config import RunConfig
 from core.control import Control
@@ -30,10 +31,13 @@ from core.data import batch_indices, epoch_generator
 from core.device import describe
 from core.errors import CbamError
 from core.events import (
+    AttentionMaps,
     BatchLogged,
     CheckpointSaved,
+    ClassAccuracy,
     CommandTaken,
     EpochEnded,
+    Evaluating,
     Event,
     IterLosses,
     ModuleState,
@@ -48,6 +52,7 @@ from core.events import (
     StageSkipped,
     StageStarted,
 )
+from core.hardware import SystemMonitor
 from core.layout import MODULES, NEW_MODULES
 from core.meter import Clock, EpochMeter, Sums
 from core.model import module_parameters
@@ -60,7 +65,19 @@ Emit = Callable[[Event], None]
 PROGRESS_EVERY_S = 0.5  # Progress events: host-side counters only
 DRAIN_EVERY_S = 1.0  # iteration losses to the host (and the non-finite check) at least this often
 PAUSED_POLL_S = 0.01  # a paused run looks at its inbox this often: an attached key acts within a frame
+CONFUSION_MAX = 50  # classes up to which the confusion matrix is kept (it grows as classes squared)
 _NEXT, _DONE = "next", "done"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What the test pass of an epoch found."""
+
+    loss: float  # per-image mean
+    accuracy: float  # percent
+    correct: tuple[int, ...]  # per class
+    total: tuple[int, ...]
+    confusion: tuple[tuple[int, ...], ...]  # [true][predicted], or () beyond CONFUSION_MAX classes
 
 
 @dataclass
@@ -75,6 +92,9 @@ class EpochRun:
     batch: int = 0  # batches done
     log_clock: Clock = field(default_factory=Clock)  # since the last loss line
     log_seen: int = 0
+    grad_norms: torch.Tensor | None = None  # each group's, at the last loss line's batch (on the device)
+    data_s: float = 0.0  # host time preparing batches, and in whole steps, since the last Progress
+    step_s: float = 0.0
 
     def here(self) -> Position:
         return Position(self.position.stage, self.position.epoch, self.batch)
@@ -101,6 +121,8 @@ class Trainer:
         self._nonfinite = False  # the weights are no longer finite: never save them over good ones
         self._write_error: str | None = None
         self._clock = Clock()
+        self.monitor: SystemMonitor | None = None
+        self._attention_ids: list[int] = []
 
     # --- entry point -----------------------------------------------------------
     def run(self) -> StopReason:
@@ -110,6 +132,8 @@ class Trainer:
         try:
             self.s = prepare(self.config, self._emit, self.rundir)
             self.rundir, self.config = self.s.rundir, self.s.config
+            self.monitor = SystemMonitor(self._emit, self.s.device if self.s.device.type == "cuda" else None)
+            self.monitor.start()
             self._start()
             return self._loop()
         except CbamError as exc:
@@ -128,6 +152,8 @@ class Trainer:
             self._emit(RunFailed(f"{type(exc).__name__}: {exc}", self._save_on_failure()))
             raise
         finally:
+            if self.monitor is not None:
+                self.monitor.stop()
             if self.rundir is not None:
                 self.rundir.close()
 
@@ -158,6 +184,7 @@ class Trainer:
             for missing in rundir.reconcile(self.history):  # a kill between a checkpoint and its event
                 self._consumer(missing)
         rundir.write_config({**cfg.to_dict(), "classes": list(s.data.classes)})
+        self._attention_ids = pick_images(s.test_y, len(s.data.classes))
         self.inbox = Inbox(rundir, self._on_command)
         self.scaler = torch.amp.GradScaler(s.device.type, enabled=s.precision == "fp16")
         if r is not None and r.scaler:
@@ -273,34 +300,51 @@ class Trainer:
             if signal is not None:
                 ep.train_seconds = ep.clock.elapsed()
                 return self._stop(ep.here(), ep) if signal == "stop" else _NEXT
+            t0 = time.perf_counter()
             idx = batches[b]
             x = s.train_x[idx.to(s.train_x.device)].to(dev, non_blocking=True)
             y = s.train_y[idx.to(s.train_y.device)].to(dev, non_blocking=True)
             x = s.augment.train(x, epoch_generator(cfg.seed, epoch, b, dev))
             if s.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            t1 = time.perf_counter()
+            line = (b + 1) % cfg.log_every == 0 or b + 1 == n
             with s.autocast():
                 out = model(x)
                 loss = F.cross_entropy(out, y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            if line:
+                ep.grad_norms = self._grad_norms(opt, scaler)
             scaler.step(opt)
             scaler.update()
             ep.meter.add(loss, out, y)
             self.global_step += 1
             ep.batch = b + 1
             now = time.perf_counter()
+            ep.data_s, ep.step_s = ep.data_s + t1 - t0, ep.step_s + now - t0
             if now - t_progress >= PROGRESS_EVERY_S:  # host-side counters only: no sync
                 t_progress = now
                 ips = (ep.meter.seen - ep.first_seen) / ep.clock.elapsed()
-                self._emit(Progress(si + 1, epoch, ep.batch, n, ips))
-            line = ep.batch % cfg.log_every == 0 or ep.batch == n
+                self._emit(Progress(si + 1, epoch, ep.batch, n, ips, ep.data_s / max(ep.step_s, 1e-9)))
+                ep.data_s = ep.step_s = 0.0
             if line or now - t_drain >= DRAIN_EVERY_S:
                 t_drain = now
                 if not self._drain(ep, line):
                     return self._on_nonfinite(ep)
         ep.train_seconds = ep.clock.elapsed()
         return _DONE
+
+    @staticmethod
+    def _grad_norms(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> torch.Tensor:
+        """Each param group's gradient L2 norm, on the device (read at the loss line)."""
+        if scaler.is_enabled():
+            scaler.unscale_(opt)  # step() then skips it: the norms are of the real gradients
+        norms = []
+        for group in opt.param_groups:
+            grads = [p.grad.detach().float().norm() for p in group["params"] if p.grad is not None]
+            norms.append(torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.zeros(()))
+        return torch.stack([n.to(norms[0].device) for n in norms])
 
     def _drain(self, ep: EpochRun, line: bool) -> bool:
         """The step loop's only host syncs: the iteration losses (at least once a second),
@@ -317,10 +361,13 @@ class Trainer:
             mean = ep.meter.take_window()
             avg = ep.meter.loss_sum.item() / max(seen, 1)
             plan = self._setup.config.plan
+            assert self.optimizer is not None
+            lrs = tuple(float(g["lr"]) for g in self.optimizer.param_groups)
+            norms: tuple[float, ...] = tuple(ep.grad_norms.tolist()) if ep.grad_norms is not None else ()
             self._emit(
                 BatchLogged(
                     ep.position.stage + 1, ep.position.epoch, plan.total_epochs, ep.batch,
-                    self._setup.batches_per_epoch, mean, avg, ips, self.global_step,
+                    self._setup.batches_per_epoch, mean, avg, ips, self.global_step, lrs, norms,
                 )
             )
         return True
@@ -374,10 +421,11 @@ class Trainer:
         si, epoch = ep.position.stage, ep.position.epoch
         first, last = plan.epoch_range(si)
         trained = Position(si, epoch, ep.batch, trained=True)
-        result = self._evaluate()
+        result = self._evaluate(si, epoch)
         if result is None:
             return self._stop(trained, ep)
-        test_loss, test_acc = result
+        test_loss, test_acc = result.loss, result.accuracy
+        attention = self._attention(si, epoch)
         sums = ep.meter.host()
         improved = test_acc > self.best_acc or self.best_epoch == 0
         record = EpochEnded(
@@ -408,33 +456,64 @@ class Trainer:
         faults.hit("epoch-end:before-event")
         for path, reason in written:
             self._emit(CheckpointSaved(path, reason, nxt.stage + 1, nxt.epoch, nxt.batch))
+        self._emit(ClassAccuracy(si + 1, epoch, result.correct, result.total, result.confusion))
+        if attention is not None:
+            self._emit(attention)
         self._emit(record)
         self.last_acc = test_acc
         return _NEXT if cut else _DONE
 
-    def _evaluate(self) -> tuple[float, float] | None:
-        """Test loss (per-image mean) and accuracy in percent; None if a stop arrived."""
+    def _evaluate(self, si: int, epoch: int) -> Evaluation | None:
+        """The test pass: loss, accuracy and per-class counts, summed on the device and read
+        once at the end; None if a stop arrived."""
         s = self._setup
         s.model.eval()
         eval_batch = min(max(s.config.batch_size * 4, 256), 2048)
+        classes = len(s.data.classes)
         loss_sum = torch.zeros((), device=s.device)
-        correct = torch.zeros((), device=s.device, dtype=torch.long)
+        per_class = torch.zeros(2, classes, device=s.device, dtype=torch.long)  # correct, total
+        confusion = torch.zeros(classes * classes if classes <= CONFUSION_MAX else 1, device=s.device, dtype=torch.long)
         n = len(s.test_y)
+        self._emit(Evaluating(si + 1, epoch, 0, n))
+        shown = time.perf_counter()
         with torch.inference_mode(), s.autocast():
             for i in range(0, n, eval_batch):
                 if self.inbox is not None:
                     self.inbox.poll()
                 if self.control.stop_reason is not None:
                     return None
+                if time.perf_counter() - shown >= PROGRESS_EVERY_S:
+                    shown = time.perf_counter()
+                    self._emit(Evaluating(si + 1, epoch, i, n))
                 x = s.augment.test(s.test_x[i : i + eval_batch].to(s.device, non_blocking=True))
                 if s.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 y = s.test_y[i : i + eval_batch].to(s.device, non_blocking=True)
                 out = s.model(x).float()
                 loss_sum += F.cross_entropy(out, y, reduction="sum")
-                correct += (out.argmax(1) == y).sum()
+                pred = out.argmax(1)
+                per_class[0] += torch.bincount(y[pred == y], minlength=classes)
+                per_class[1] += torch.bincount(y, minlength=classes)
+                if classes <= CONFUSION_MAX:
+                    confusion += torch.bincount(y * classes + pred, minlength=classes * classes)
         s.model.train()
-        return loss_sum.item() / n, 100.0 * correct.item() / n
+        counts = per_class.tolist()
+        matrix = confusion.view(classes, classes).tolist() if classes <= CONFUSION_MAX else []
+        return Evaluation(
+            loss_sum.item() / n, 100.0 * sum(counts[0]) / n, tuple(counts[0]), tuple(counts[1]),
+            tuple(tuple(row) for row in matrix),
+        )
+
+    def _attention(self, si: int, epoch: int) -> AttentionMaps | None:
+        """What the CBAM blocks do to the fixed test images, after this epoch."""
+        s = self._setup
+        if not self._attention_ids:
+            return None
+        ids = torch.tensor(self._attention_ids)
+        images = s.test_x[ids.to(s.test_x.device)].to(s.device)
+        labels = s.test_y[ids.to(s.test_y.device)].tolist()
+        maps = attention_maps(s.model, images, labels, s.data.classes, s.augment, s.autocast, s.channels_last)
+        return AttentionMaps(si + 1, epoch, maps)
 
     # --- checkpoints and stops ---------------------------------------------------------
     def _state(self, pos: Position, sums: Sums) -> dict[str, Any]:

@@ -23,7 +23,7 @@ def tiny_config(tmp_path: Path, **overrides: Any) -> RunConfig:
     plan_opts = overrides.pop("plan_opts", PlanOptions(stage_epochs="1,1,1", lrs="1e-2,1e-3,1e-3"))
     base: dict[str, Any] = dict(
         dataset="synthetic", weights="none", image_size=8, limit_train=48, limit_test=24,
-        batch_size=8, log_every=2, device="cpu", runs_root=str(tmp_path / "runs"), name="t",
+        batch_size=8, log_every=2, device="cpu", precision="fp32", runs_root=str(tmp_path / "runs"), name="t",
         plan=build_plan(plan_opts),
     )
     base.update(overrides)

@@ -8,15 +8,21 @@ from collections.abc import Callable, Iterator
 
 from core.control import Control
 from core.events import (
+    AttentionImage,
+    AttentionMaps,
     BatchLogged,
+    BlockAttention,
+    ClassAccuracy,
     EpochEnded,
     Event,
+    GpuSample,
     IterLosses,
     LayerRow,
     ModuleState,
     RunStarted,
     RunStopped,
     StageStarted,
+    SystemSample,
 )
 from core.layout import MODULES, NEW_MODULES
 from core.rundir import StopReason
@@ -57,6 +63,7 @@ def events(epochs: int = 3, batches: int = 782, log_every: int = 100) -> Iterato
         batch_size=64, batches_per_epoch=batches, total_epochs=50, stages=STAGES, plan_label="default",
         frozen_bn="train", moments="keep", total_params=11217874, model_rows=model_rows(), config={},
     )
+    yield SYSTEM
     step = 0
     first = 1
     for si, (name, n) in enumerate(STAGES):
@@ -83,10 +90,59 @@ def events(epochs: int = 3, batches: int = 782, log_every: int = 100) -> Iterato
                 yield IterLosses(step + 1, chunk, si + 1)
                 step += log_every
                 done = min(b + log_every - 1, batches)
-                yield BatchLogged(si + 1, epoch, 50, done, batches, sum(chunk) / len(chunk), chunk[-1], 1234.0, step)
+                decay = 0.5 * (1 + math.cos(math.pi * done / batches))
+                yield BatchLogged(si + 1, epoch, 50, done, batches, sum(chunk) / len(chunk), chunk[-1], 1234.0, step,
+                                  (lr * decay + 1e-6,), (1.5 * math.exp(-step / 2000) + 0.2,))
             acc = 100 - 70 * math.exp(-epoch / 8)
+            yield class_accuracy(si + 1, epoch, acc)
+            yield attention(si + 1, epoch)
             yield EpochEnded(si + 1, epoch, 50, epoch - stage_epochs[0] + 1, n, batches, 2.3 * math.exp(-epoch / 6),
                              acc - 3, 2.2 * math.exp(-epoch / 7), acc, 42.0, 1190.0, acc, step)
+
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+SYSTEM = SystemSample(
+    cpu_percent=103.0, rss=int(1.9 * 2**30), cuda_peak=int(9.8 * 2**30),
+    gpus=(GpuSample(0, "NVIDIA H200", 97.0, int(12.1 * 2**30), int(139.8 * 2**30), 310.0, 71.0),),
+)
+
+
+def class_accuracy(stage: int, epoch: int, acc: float) -> ClassAccuracy:
+    """Per-class results around ``acc``: cats and dogs the hardest, mixed up with each other."""
+    hard = {3: -25, 5: -18, 2: -10}
+    correct = tuple(int(10 * max(0.0, min(100.0, acc + hard.get(c, 4)))) for c in range(10))
+    confusion = []
+    for c in range(10):
+        row = [0] * 10
+        row[c] = correct[c]
+        wrong = 1000 - correct[c]
+        row[5 if c == 3 else 3 if c == 5 else (c + 1) % 10] += wrong * 2 // 3
+        row[(c + 2) % 10] += wrong - wrong * 2 // 3
+        confusion.append(tuple(row))
+    return ClassAccuracy(stage, epoch, correct, (1000,) * 10, tuple(confusion))
+
+
+def attention(stage: int, epoch: int) -> AttentionMaps:
+    """Four images and a blob of attention that sharpens as the epochs go by."""
+    images = []
+    for k, label in enumerate((0, 3, 5, 8)):
+        cx, cy = 0.3 + 0.15 * k, 0.6 - 0.1 * k
+        pixels = []
+        for y in range(16):
+            for x in range(16):
+                inside = (x / 15 - cx) ** 2 + (y / 15 - cy) ** 2 < 0.06
+                pixels += [200, 120 + 30 * k, 60] if inside else [40, 70 + 20 * k, 110]
+        blocks = []
+        for b, size in enumerate((16, 16, 8, 4), 1):
+            sharp = 4 + epoch + 2 * b
+            spatial = tuple(
+                int(255 * math.exp(-sharp * ((x / max(size - 1, 1) - cx) ** 2 + (y / max(size - 1, 1) - cy) ** 2)))
+                for y in range(size) for x in range(size)
+            )
+            blocks.append(BlockAttention(f"cbam{b}", size, spatial, 0.5 + 0.02 * b, 0.1 + 0.01 * epoch, 0.4 + 0.05 * b))
+        predicted = label if (epoch + k) % 3 else (label + 1) % 10
+        images.append(AttentionImage(CLASSES[label], CLASSES[predicted], 16, tuple(pixels), tuple(blocks)))
+    return AttentionMaps(stage, epoch, tuple(images))
 
 
 class ScriptedTrainer:

@@ -21,7 +21,7 @@ from tui.links import DirectoryLink, InProcessLink
 from tui.widgets.dialogs import ConfirmScreen, ErrorScreen
 from tui.widgets.help_screen import HelpScreen
 from tui.widgets.loss_log import LossLog
-from tui.widgets.model_tree import ModelTree
+from tui.widgets.model_tree import LayerTree, ModelTree
 
 
 async def until(pilot, condition: Callable[[], bool], timeout: float = 60.0) -> None:
@@ -149,12 +149,15 @@ async def test_views_and_help_on_a_scripted_run(tmp_path: Path) -> None:
         await until(pilot, lambda: len(app.state.epochs) == 3)
         await pilot.press("2")  # model tree
         await until(pilot, lambda: app.query_one(ModelTree).populated)
-        labels = [str(node.label) for node in app.query_one(ModelTree)._tree_nodes.values()]
-        assert sum("◆ CBAM" in label for label in labels) == 4
-        await pilot.press("tab")  # to the full log
-        assert app.query_one("#views").current == "full-log"
-        await pilot.press("tab")  # back to the dashboard
-        assert app.query_one("#views").current == "dashboard"
+        tree = app.query_one(LayerTree)
+        labels = [str(tree.get_node_at_line(i).label) for i in range(tree.last_line + 1)]
+        assert sum("◆ CBAM (cbam_layer" in label for label in labels) == 4
+        assert app.focused is tree  # the keys move through it at once
+        await pilot.press("down", "down", "down", "down", "down", "enter")  # open BasicBlock (0) of layer1
+        assert tree.cursor_node.is_expanded and "BasicBlock (0)" in str(tree.cursor_node.label)
+        for view in ("system", "classes", "attention", "curves", "dashboard"):
+            await pilot.press("tab")  # round the views, back to the dashboard
+            assert app.query_one("#views").current == view
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("escape")

@@ -1,4 +1,5 @@
-"""Snapshots of every view at 100x30 and 80x24, from a scripted (deterministic) run."""
+"""Snapshots of every view at 80x24, 100x30 and 200x50, from a scripted (deterministic)
+run that has a GPU reading (a fake NVML's numbers), per-class results and attention maps."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from tests.scripted import ScriptedTrainer, events
 from tui.app import make_app
 from tui.links import InProcessLink
 
-SIZES = [(100, 30), (80, 24)]
+SIZES = [(100, 30), (80, 24), pytest.param((200, 50), marks=pytest.mark.slow)]
+VIEWS = [((), "dashboard"), (("2",), "tree"), (("3",), "log"), (("4",), "classes"), (("5",), "attention"),
+         (("6",), "curves"), (("question_mark",), "help")]
 
 
 def scripted_app(tmp_path: Path):
@@ -26,7 +29,7 @@ async def settled(pilot) -> None:
 
 
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize(("keys", "view"), [((), "dashboard"), (("2",), "tree"), (("3",), "log"), (("question_mark",), "help")])
+@pytest.mark.parametrize(("keys", "view"), VIEWS)
 def test_view_snapshot(snap_compare, tmp_path: Path, size: tuple[int, int], keys: tuple[str, ...], view: str) -> None:
     async def before(pilot) -> None:
         await settled(pilot)

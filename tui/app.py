@@ -7,6 +7,7 @@ screen redraws on a timer, a few times a second, never once per event.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -22,21 +23,25 @@ from textual.worker import Worker, WorkerState
 from core.errors import CbamError
 from core.events import Event, Loading, Progress
 from core.rundir import Command, StopReason
-from core.state import ENDED, PAUSED, RUNNING, STOPPING, RunState, describe
+from core.state import ENDED, EVALUATING, PAUSED, RUNNING, STOPPING, RunState, describe
 from tui.links import Link
-from tui.widgets.curves import EpochCurve, LossCurve
+from tui.widgets.attention_view import AttentionView
+from tui.widgets.class_view import ClassView
+from tui.widgets.curves import ChartOptions, EpochCurve, GroupCurve, LossCurve
 from tui.widgets.dialogs import ConfirmScreen, ErrorScreen
+from tui.widgets.hardware import HardwarePanel
 from tui.widgets.help_screen import HelpScreen
 from tui.widgets.loss_log import LossLog
-from tui.widgets.model_tree import ModelTree
+from tui.widgets.model_tree import LayerTree, ModelTree
 from tui.widgets.module_table import ModuleTable
 from tui.widgets.stage_panel import StagePanel
 from tui.widgets.status_bar import StatusBar
 
-VIEWS = ("dashboard", "tree", "full-log")
+VIEWS = ("dashboard", "tree", "system", "classes", "attention", "curves")
 REDRAW_S = 0.25
 CURVES_S = 1.0
 COMPACT_BELOW_ROWS = 30
+TALL_FROM_ROWS = 40  # the dashboard's left column has room for the learning-rate curve
 EXIT_GRACE_S = 3.0  # after a stop signal, the process ends even if the terminal will not be restored
 SIGNALLED = (StopReason.SIGINT, StopReason.SIGTERM, StopReason.SIGHUP, StopReason.SIGUSR1)
 KEY_ACTIONS = {"pause": ("pause", "resume"), "next": ("next_stage",), "save": ("save",), "stop": ("stop_run",)}
@@ -62,6 +67,7 @@ class RunEvent(Message):
 class CbamApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "cbam-tui"
+    ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
         Binding("p,space", "pause", "pause"),
         Binding("p,space", "resume", "resume"),
@@ -73,11 +79,20 @@ class CbamApp(App[int]):
         Binding("n", "unavailable('next')", show=False),
         Binding("s", "unavailable('save')", show=False),
         Binding("x", "unavailable('stop')", show=False),
-        Binding("q,ctrl+c", "quit_run", "quit", priority=True),
+        Binding("q", "quit_run", "quit", priority=True),
+        Binding("ctrl+c", "quit_run", "quit", show=False, priority=True),
         Binding("tab", "next_view", "view", priority=True),
         Binding("1", "view('dashboard')", "dashboard", show=False),
         Binding("2", "view('tree')", "tree", show=False),
-        Binding("3", "view('full-log')", "log", show=False),
+        Binding("3", "view('system')", "log", show=False),
+        Binding("4", "view('classes')", "classes", show=False),
+        Binding("5", "view('attention')", "attention", show=False),
+        Binding("6", "view('curves')", "curves", show=False),
+        Binding("e", "chart('smooth')", "smooth", show=False),
+        Binding("y", "chart('log_scale')", "log scale", show=False),
+        Binding("w", "chart('this_stage')", "stage/run", show=False),
+        Binding("left_square_bracket", "attention_epoch(1)", "earlier", show=False),
+        Binding("right_square_bracket", "attention_epoch(-1)", "later", show=False),
         Binding("question_mark", "help", "help"),
     ]
 
@@ -91,8 +106,9 @@ class CbamApp(App[int]):
         self._applied = 0
         self._quitting = False
         self._drawn = -1
-        self._curve_data: tuple[int, int, str] = (-1, -1, "")
+        self._curve_data: tuple[object, ...] = ()
         self._curves_at = 0.0
+        self.chart = ChartOptions()
 
     # --- layout ---------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -102,7 +118,9 @@ class CbamApp(App[int]):
                 with Horizontal(id="top"):
                     with Vertical(id="left"):
                         yield StagePanel(id="stage")
+                        yield HardwarePanel(id="hardware")
                         yield ModuleTable(id="modules")
+                        yield GroupCurve("lr", id="lr-side")
                     with Vertical(id="right"):
                         yield LossCurve(id="loss-curve")
                         with Horizontal(id="epoch-curves"):
@@ -110,7 +128,16 @@ class CbamApp(App[int]):
                             yield EpochCurve("loss", id="epoch-loss-curve")
                 yield LossLog(id="log")
             yield ModelTree(id="tree")
-            yield LossLog(id="full-log")
+            with Vertical(id="system"):
+                yield HardwarePanel(id="hardware-full")
+                yield LossLog(id="full-log")
+            yield ClassView(id="classes")
+            yield AttentionView(id="attention")
+            with Vertical(id="curves"):
+                yield LossCurve(id="loss-big")
+                with Horizontal(id="curves-row"):
+                    yield GroupCurve("lr", id="lr-curve")
+                    yield GroupCurve("grad", id="grad-curve")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -192,9 +219,11 @@ class CbamApp(App[int]):
 
     # --- which keys act now: the footer shows only those -------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "attention_epoch":
+            return self.query_one(ContentSwitcher).current == "attention"
         steerable = self._steerable() and self.state.stage is not None
         if action == "pause":
-            return steerable and self.state.status != PAUSED
+            return steerable and self.state.status in (RUNNING, EVALUATING)
         if action == "resume":
             return steerable and self.state.status == PAUSED and self._may_resume()
         if action in ("next_stage", "save"):
@@ -224,19 +253,37 @@ class CbamApp(App[int]):
         view = self.query_one(ContentSwitcher).current
         if view == "dashboard":
             self.query_one(StagePanel).update_from(state)
+            self.query_one("#hardware", HardwarePanel).update_from(state)
             self.query_one(ModuleTable).update_from(state)
-            data = (len(state.iter_losses), len(state.epochs), str(self.size))
-            now = time.monotonic()
-            # Plots cost the most: redrawn only when their data moved, and at most
-            # once a second while the losses stream in (new epochs show at once).
-            if data != self._curve_data and (data[1:] != self._curve_data[1:] or now - self._curves_at >= CURVES_S):
-                self._curve_data, self._curves_at = data, now
-                self.query_one(LossCurve).update_from(state)
-                for curve in self.query(EpochCurve):
-                    curve.update_from(state)
+        elif view == "system":
+            self.query_one("#hardware-full", HardwarePanel).update_from(state)
+        elif view == "classes":
+            self.query_one(ClassView).update_from(state)
+        elif view == "attention":
+            self.query_one(AttentionView).update_from(state)
+        if view in ("dashboard", "curves"):
+            self._redraw_curves(view)
         tree = self.query_one(ModelTree)
         if view == "tree" or not tree.populated:
             tree.update_from(state)  # built while hidden, so the first look at it is instant
+
+    def _redraw_curves(self, view: str) -> None:
+        """Plots cost the most: redrawn only when their data moved, and at most once a
+        second while the losses stream in (new epochs and stages show at once)."""
+        state = self.state
+        data = (view, len(state.epochs), len(state.stage_steps), str(self.size), self.chart, len(state.iter_losses),
+                len(state.group_curves))
+        now = time.monotonic()
+        if data == self._curve_data or (data[:5] == self._curve_data[:5] and now - self._curves_at < CURVES_S):
+            return
+        self._curve_data, self._curves_at = data, now
+        for curve in self.query_one(f"#{view}").query(LossCurve):
+            curve.options = self.chart
+            curve.update_from(state)
+        for plot in self.query_one(f"#{view}").query(EpochCurve):
+            plot.update_from(state)
+        for group in self.query_one(f"#{view}").query(GroupCurve):
+            group.update_from(state)
 
     @property
     def settled(self) -> bool:
@@ -248,8 +295,14 @@ class CbamApp(App[int]):
         self._drawn = -1
 
     def _fit(self) -> None:
-        # Under 30 rows the panels drop their borders so all eleven modules still show.
-        self.query_one("#views").set_class(self.size.height < COMPACT_BELOW_ROWS, "-compact")
+        """Panels follow the terminal: the left column's width, the log's rows; under 30
+        rows the borders go (every module row still shows); from 40 the learning-rate
+        curve takes the left column's spare rows."""
+        width, height = self.size
+        self.query_one("#views").set_class(height < COMPACT_BELOW_ROWS, "-compact")
+        self.query_one("#views").set_class(height >= TALL_FROM_ROWS, "-tall")
+        self.query_one("#left").styles.width = max(46, min(int(width * 0.36), 72))
+        self.query_one("#log").styles.height = max(5, min(int(height * 0.22), 14))
 
     # --- keys -------------------------------------------------------------------
     def action_pause(self) -> None:
@@ -345,6 +398,19 @@ class CbamApp(App[int]):
         self.query_one(ContentSwitcher).current = name
         self._drawn = -1
         self.redraw()
+        if name == "tree":
+            self.query_one(LayerTree).focus()  # arrows move, enter or space opens a node
+        elif name in ("classes", "attention"):
+            self.query_one(f"#{name}").focus()  # arrows and page keys scroll
+
+    def action_chart(self, option: str) -> None:
+        """e, y, w: smoothing, a log-scaled loss, this stage only (the iteration curve)."""
+        self.chart = dataclasses.replace(self.chart, **{option: not getattr(self.chart, option)})
+        self._drawn = -1
+        self.redraw()
+
+    def action_attention_epoch(self, delta: int) -> None:
+        self.query_one(AttentionView).step(delta, self.state)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(owns_run=self.link.leaving_stops_run))

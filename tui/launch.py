@@ -16,7 +16,7 @@ from core.control import Control
 from core.errors import CbamError, RunDirError
 from core.events import RunFailed, RunStarted
 from core.rundir import TRAIN_LOG, EventReader, RunDir, StopReason, inspect_run, read_config
-from core.state import FAILED, STOPPED, RunState
+from core.state import FAILED, STOPPED, RunState, fmt_seconds
 from tui.signals import stop_on_signals
 
 LOCK_FD_ENV = "CBAM_TUI_LOCK_FD"  # a detached child inherits its parent's lock on the run
@@ -66,8 +66,23 @@ def headless(config: RunConfig, rundir: RunDir | None = None) -> int:
 
 
 def print_outcome(state: RunState, error: str | None) -> None:
-    """What stays in the terminal after the dashboard is gone."""
+    """What stays in the terminal's scrollback after the dashboard is gone: the epochs,
+    the best accuracy, the run directory and how to continue."""
     started = state.first
+    if state.epochs:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("epoch", "stage", "train loss", "train acc", "test loss", "test acc", "time"):
+            table.add_column(column, justify="right")
+        best = max(state.epochs, key=lambda e: e.test_acc)
+        for e in state.epochs:
+            table.add_row(
+                str(e.epoch), str(e.stage), f"{e.train_loss:.4f}", f"{e.train_acc:.2f}%", f"{e.test_loss:.4f}",
+                f"{e.test_acc:.2f}%", fmt_seconds(e.seconds), style="bold" if e is best else None,
+            )
+        Console(highlight=False, soft_wrap=True).print(table)
     if started is not None:
         final = state.epochs[-1].test_acc if state.epochs else None
         best = state.best_acc

@@ -29,11 +29,13 @@ def test_demo_obeys_pause_next_stage_and_quit(tmp_path: Path, size: tuple[int, i
     try:
         term.wait_for(lambda s: "Stage 1/3" in s and re.search(r"batch [1-9]\d*/", s) is not None)
         term.press("p")
-        term.wait_for(lambda s: "PAUSED" in s, timeout=1.0)
-        time.sleep(1.0)  # the batch in flight finishes; then nothing moves
-        before = batch(term.screen())
-        time.sleep(1.5)
-        assert batch(term.screen()) == before, "the batch counter moved while paused"
+        term.wait_for(lambda s: "PAUSED" in s, timeout=1.0)  # shown at once
+        paused = term.wait_for(lambda s: re.search(r"paused at epoch 1, batch \d+", s) is not None, timeout=30)
+        before = int(re.search(r"paused at epoch 1, batch (\d+)", paused).group(1))
+        term.wait_for(lambda s: batch(s) == before, timeout=5)  # one position counter: the panel and the log agree
+        term.press("s")  # the paused trainer takes it at once; the batch must not have moved meanwhile
+        saved = term.wait_for(lambda s: "checkpoint saved:" in s, timeout=30)
+        assert batch(saved) == before, "the batch counter moved while paused"
         term.press("p")
         term.wait_for(lambda s: "RUNNING" in s and batch(s) > before, timeout=30)
         term.press("n")
@@ -46,8 +48,13 @@ def test_demo_obeys_pause_next_stage_and_quit(tmp_path: Path, size: tuple[int, i
             assert time.monotonic() < deadline, term.screen()
             time.sleep(0.2)
         assert (tmp_path / "exit-code").read_text().strip() == "EXIT=0"
-        final = "".join(term.screen().split())  # the summary line wraps at the terminal's width
+        screen = term.screen()
+        final = "".join(screen.split())  # the summary line wraps at the terminal's width
         assert "cbam-tui:stopped" in final and str(run_dir) in final and "--resume" in final
+        # The scrollback keeps the epochs: a header, and epoch 1 (cut short by n) with its accuracy.
+        assert "epochstagetrainlosstrainacctestlosstestacctime" in final, screen
+        row = next(line.split() for line in screen.splitlines() if line.split()[:2] == ["1", "1"])
+        assert row[3].endswith("%") and row[5].endswith("%")
     finally:
         term.close()
     last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)

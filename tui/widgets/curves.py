@@ -1,4 +1,5 @@
-"""Live plotext curves: every iteration's loss, and per-epoch accuracy and loss.
+"""Live plotext curves: every iteration's loss, per-epoch accuracy and loss, and each
+optimizer group's learning rate and gradient norm.
 
 Histories reach 40,000 points; each redraw plots at most a few hundred bucket
 means, so its cost does not grow with the run.
@@ -7,6 +8,7 @@ means, so its cost does not grow with the run.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from textual.app import RenderResult
@@ -15,6 +17,20 @@ from textual_plotext import PlotextPlot
 from core.state import RunState
 
 MAX_POINTS = 300
+EMA = 0.15  # weight of the newest plotted point when smoothing
+
+
+@dataclass(frozen=True)
+class ChartOptions:
+    """What the chart keys toggle: smoothing, a log-scaled loss, the whole run or this stage."""
+
+    smooth: bool = False
+    log_scale: bool = False
+    this_stage: bool = False
+
+    def label(self) -> str:
+        parts = ["EMA" if self.smooth else "", "log" if self.log_scale else "", "this stage" if self.this_stage else ""]
+        return " · ".join(p for p in parts if p)
 
 
 def downsample(values: Sequence[float], first_x: int, buckets: int = MAX_POINTS) -> tuple[list[float], list[float]]:
@@ -28,6 +44,14 @@ def downsample(values: Sequence[float], first_x: int, buckets: int = MAX_POINTS)
     edges = np.linspace(0, len(y), buckets + 1).astype(np.int64)[:-1]
     counts = np.diff(np.append(edges, len(y)))
     return (np.add.reduceat(x, edges) / counts).tolist(), (np.add.reduceat(y, edges) / counts).tolist()
+
+
+def ema(values: list[float], weight: float = EMA) -> list[float]:
+    out, level = [], values[0] if values else 0.0
+    for v in values:
+        level = weight * v + (1 - weight) * level
+        out.append(level)
+    return out
 
 
 class CachedPlot(PlotextPlot):
@@ -56,18 +80,34 @@ class CachedPlot(PlotextPlot):
 class LossCurve(CachedPlot):
     """Loss of every iteration, with the stage switches marked."""
 
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.options = ChartOptions()
+
     def update_from(self, state: RunState) -> None:
-        plt = self.plt
+        plt, opts = self.plt, self.options
         plt.clear_data()
         plt.clear_figure()
-        plt.title("iteration loss")
-        if len(state.iter_losses):
-            x, y = downsample(state.iter_losses, state.first_step, max(self.size.width * 2, 50))
+        shown = opts.label()
+        plt.title("iteration loss" + (f" ({shown})" if shown else ""))
+        first, losses = state.first_step, state.iter_losses
+        if opts.this_stage and state.stage_steps:
+            start = max(state.stage_steps[-1][0] + 1 - first, 0)
+            first, losses = first + start, losses[start:]
+        if len(losses):
+            x, y = downsample(losses, first, max(self.size.width * 2, 50))
+            if opts.log_scale:
+                kept = [(a, b) for a, b in zip(x, y, strict=True) if b > 0]
+                x, y = [a for a, _ in kept], [b for _, b in kept]
+                plt.yscale("log")
+            if opts.smooth and y:
+                y = ema(y)
             if x:
                 plt.plot(x, y, marker="braille")
-            for step, stage in state.stage_steps[1:]:
-                plt.vertical_line(step + 0.5)
-                plt.text(f"S{stage}", step + 0.5, max(y) if y else 0)
+                for step, stage in state.stage_steps[1:]:
+                    if step + 0.5 >= x[0]:
+                        plt.vertical_line(step + 0.5)
+                        plt.text(f"S{stage}", step + 0.5, max(y))
         self.replot()
 
 
@@ -91,4 +131,31 @@ class EpochCurve(CachedPlot):
             plt.plot(x, test, label="test", marker="braille")
             if len(x) <= 10:
                 plt.xticks([float(v) for v in x])  # whole epochs, not 1.25
+        self.replot()
+
+
+class GroupCurve(CachedPlot):
+    """Each optimizer group's learning rate (or gradient norm) at every loss line."""
+
+    def __init__(self, metric: str, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.metric = metric  # "lr" or "grad"
+
+    def update_from(self, state: RunState) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.title("learning rate per group" if self.metric == "lr" else "gradient norm per group")
+        series: dict[str, tuple[list[float], list[float]]] = {}
+        for step, stage, lrs, norms in state.group_curves:  # one line per group name, across stages
+            values = lrs if self.metric == "lr" else norms
+            for name, value in zip(state.stage_groups.get(stage, ()), values, strict=False):
+                if value > 0 and np.isfinite(value):
+                    xs, ys = series.setdefault(name, ([], []))
+                    xs.append(float(step))
+                    ys.append(float(value))
+        if series:
+            plt.yscale("log")
+            for name, (xs, ys) in series.items():
+                plt.plot(xs, ys, label=name, marker="braille")
         self.replot()

@@ -23,7 +23,9 @@ ATTACHED_KEYS = (
 )
 VIEW_KEYS = (
     ("tab", "next view"),
-    ("1 / 2 / 3", "dashboard / model tree / log"),
+    ("1 2 3", "dashboard, model tree (arrows, enter), log and machine"),
+    ("4 5 6", "per-class accuracy, attention ([ ] other epochs), curves"),
+    ("e / y / w", "loss curve: smoothing (EMA) / log scale / this stage only"),
     ("?", "this help"),
     ("escape", "close a dialog"),
 )

@@ -1,4 +1,4 @@
-"""Which modules train, at which learning rate, with which BatchNorm mode."""
+"""Which modules train, at which learning rate now, with which BatchNorm mode."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from textual.widgets import DataTable
 
 from core.state import RunState, lr_text
 
-COLUMNS = ("Module", "State", "LR", "Params", "BN")
+COLUMNS = (("Module", 10), ("State", 6), ("LR", 7), ("Params", 6), ("BN", 5))
 
 
 def compact(n: int) -> str:
@@ -18,18 +18,30 @@ def compact(n: int) -> str:
     return f"{n:,}"
 
 
+def live_rates(state: RunState) -> dict[str, float]:
+    """Each group's learning rate at the latest loss line of this stage (a schedule or a
+    live change moves it), by group name."""
+    if state.stage is None or not state.group_curves or state.group_curves[-1][1] != state.stage.stage:
+        return {}
+    names = state.stage_groups.get(state.stage.stage, ())
+    return dict(zip(names, state.group_curves[-1][2], strict=False))
+
+
 class ModuleTable(DataTable[Text]):
     def on_mount(self) -> None:
         self.cursor_type = "none"
         self.zebra_stripes = False
-        self.add_columns(*COLUMNS)
-        self._shown: int | None = None
+        for label, width in COLUMNS:
+            self.add_column(label, width=width)
+        self._shown: tuple[object, ...] | None = None
 
     def update_from(self, state: RunState) -> None:
         stage = state.stage
-        if stage is None or self._shown == id(stage):
+        rates = live_rates(state)
+        key = (id(stage), tuple(sorted(rates.items())))
+        if stage is None or self._shown == key:
             return
-        self._shown = id(stage)
+        self._shown = key
         self.clear()
         for m in stage.modules:
             changed = m.name in state.changed
@@ -41,10 +53,11 @@ class ModuleTable(DataTable[Text]):
                 status = Text("train" if m.trainable == "yes" else "part", style="green " + style)
             colour = "magenta " if m.name.startswith("cbam") else ""
             name = Text(mark + m.name + (" *" if m.new else ""), style=colour + style)
+            lr = rates.get(m.group or "", m.lr) if m.lr is not None else None
             self.add_row(
                 name,
                 status,
-                Text(lr_text(m.lr) if m.lr is not None else "-", style=style),
+                Text(lr_text(lr) if lr is not None else "-", style=style),
                 Text(compact(m.params), justify="right"),
                 Text(m.bn_mode or "", style=style),
             )

@@ -1,4 +1,4 @@
-"""Stage, epoch and batch progress, speed and time left."""
+"""Stage, epoch and batch (or evaluation) progress, speed, and the time left, whole."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import ProgressBar, Static
 
-from core.state import FAILED, LOADING, RunState, fmt_seconds
+from core.state import EVALUATING, FAILED, LOADING, STARTING, RunState, fmt_seconds
 
 
 class StagePanel(Vertical):
@@ -24,32 +24,39 @@ class StagePanel(Vertical):
         speed = self.query_one("#stage-speed", Static)
         left_text = self.query_one("#stage-left", Static)
         bar = self.query_one("#batch-progress", ProgressBar)
-        if state.status == LOADING or state.started is None:
+        if state.status in (STARTING, LOADING) or state.started is None:
             title.update(Text(f"Loading: {state.loading}", style="bold"))
-            done = f"{state.loading_done}/{state.loading_total}" if state.loading_total else ""
-            epoch.update(done)
+            epoch.update(f"{state.loading_done:,}/{state.loading_total:,}" if state.loading_total else "")
             bar.update(total=max(state.loading_total, 1), progress=state.loading_done)
             speed.update("")
+            left_text.update("")
             return
         st = state.stage
         if st is None:
             title.update("waiting for the first stage")
             return
         title.update(Text(f"Stage {st.stage}/{st.num_stages} · {st.name}", style="bold"))
-        in_stage = state.epoch - st.first_epoch + 1
-        epoch.update(
-            f"Epoch {state.epoch}/{st.total_epochs} · {in_stage}/{st.last_epoch - st.first_epoch + 1} in stage"
-            f" · batch {state.batch}/{state.batches}"
-        )
-        bar.update(total=max(state.batches, 1), progress=state.batch)
+        in_stage = f"{state.epoch - st.first_epoch + 1}/{st.last_epoch - st.first_epoch + 1} in stage"
+        ev = state.evaluating
+        if state.status == EVALUATING and ev is not None:
+            epoch.update(
+                Text.assemble(f"Epoch {state.epoch}/{st.total_epochs} · ",
+                              (f"evaluating {ev.done:,}/{ev.total:,} test images", "bold yellow"))
+            )
+            bar.update(total=max(ev.total, 1), progress=ev.done)
+        else:
+            epoch.update(f"Epoch {state.epoch}/{st.total_epochs} · {in_stage} · batch {state.batch}/{state.batches}")
+            bar.update(total=max(state.batches, 1), progress=state.batch)
         text = f"{state.images_per_second:,.0f} img/s"
+        if state.started.world_size > 1:
+            text += f" · global batch {state.started.batch_size * state.started.world_size}"
         best = state.best_acc
         if best is not None:
-            text += f" · best test acc {best:.2f}%"
+            text += f" · best {best:.2f}% (epoch {state.best_epoch})"
         speed.update(text)
         left = state.seconds_left()
-        if left is not None and state.status not in (FAILED,):
-            e, s, r = left
-            left_text.update(f"left: epoch {fmt_seconds(e)} · stage {fmt_seconds(s)} · run {fmt_seconds(r)}")
+        if left is not None and state.status != FAILED:
+            e, s, r = (fmt_seconds(v) for v in left)
+            left_text.update(f"left: epoch {e} · stage {s} · run {r}")  # wraps rather than cuts
         else:
             left_text.update("")

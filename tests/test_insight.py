@@ -1,0 +1,233 @@
+"""What the dashboard shows beyond the loss: the machine (with a fake NVML), per-class
+results, CBAM attention, learning rates and gradient norms, the evaluation under way,
+time left in hours, and torchinfo's totals per stage."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.events import (
+    AttentionMaps,
+    BatchLogged,
+    ClassAccuracy,
+    EpochEnded,
+    Evaluating,
+    IterLosses,
+    Progress,
+    StageStarted,
+)
+from core.hardware import Nvml, SystemMonitor
+from core.plan import PlanOptions
+from core.state import EVALUATING, RUNNING, RunState, fmt_seconds
+from tests.conftest import tiny_config, train
+from tests.scripted import ScriptedTrainer, events
+from tests.test_app import until
+from tui.app import make_app
+from tui.links import InProcessLink
+from tui.widgets.model_tree import totals
+
+
+def fake_nvml(devices: int = 2) -> types.ModuleType:
+    """A stand-in for nvidia-ml-py's pynvml: two boards, one that hides its power."""
+    nvml = types.ModuleType("pynvml")
+    nvml.NVML_TEMPERATURE_GPU = 0
+    nvml.nvmlInit = lambda: None
+    nvml.nvmlDeviceGetCount = lambda: devices
+    nvml.nvmlDeviceGetHandleByIndex = lambda i: i
+    nvml.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=90 - 40 * h)
+    nvml.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=(h + 1) * 2**30, total=80 * 2**30)
+    nvml.nvmlDeviceGetName = lambda h: b"NVIDIA H200"
+
+    def power(h: int) -> int:
+        if h == 1:
+            raise RuntimeError("Not Supported")
+        return 250_000  # mW
+
+    nvml.nvmlDeviceGetPowerUsage = power
+    nvml.nvmlDeviceGetTemperature = lambda h, sensor: 60 + h
+    return nvml
+
+
+def test_the_machine_is_read_through_nvml_when_there_is_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml())
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    nvml = Nvml()
+    gpus = nvml.sample()
+    assert [(g.index, g.utilization, g.memory_used, g.power, g.temperature) for g in gpus] == [
+        (0, 90.0, 2**30, 250.0, 60.0), (1, 50.0, 2 * 2**30, -1.0, 61.0)]
+    assert gpus[0].name == "NVIDIA H200" and nvml.note == ""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert [g.index for g in Nvml().sample()] == [1]
+    sample = SystemMonitor(lambda e: None).sample()
+    assert sample.rss > 10 * 2**20 and sample.cpu_percent >= 0
+
+
+def test_without_nvml_the_gpu_figures_give_way_to_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
+    nvml = Nvml()
+    assert nvml.sample() == () and "pip install nvidia-ml-py" in nvml.note
+    broken = fake_nvml()
+
+    def no_driver() -> None:
+        raise RuntimeError("Driver Not Loaded")
+
+    broken.nvmlInit = no_driver
+    monkeypatch.setitem(sys.modules, "pynvml", broken)
+    assert Nvml().note == "no GPU figures: NVML says Driver Not Loaded"
+
+
+def test_a_run_reports_classes_attention_rates_norms_and_its_evaluation(tmp_path: Path) -> None:
+    outcome, rec = train(tiny_config(tmp_path, plan_opts=PlanOptions(stage_epochs="1,1,0", lrs="1e-2,1e-3,1e-3")))
+    reports, epochs = rec.of(ClassAccuracy), rec.of(EpochEnded)
+    assert len(reports) == len(epochs) == 2
+    for report, epoch in zip(reports, epochs, strict=True):
+        assert sum(report.total) == 24 and 100 * sum(report.correct) / 24 == pytest.approx(epoch.test_acc)
+        assert [sum(row) for row in report.confusion] == list(report.total)
+        assert [report.confusion[i][i] for i in range(10)] == list(report.correct)
+    maps = rec.of(AttentionMaps)
+    assert [m.epoch for m in maps] == [1, 2] and len(maps[0].images) == 4
+    image = maps[0].images[0]
+    assert [b.block for b in image.blocks] == ["cbam1", "cbam2", "cbam3", "cbam4"]
+    assert [b.size for b in image.blocks] == [8, 4, 2, 1]  # 8x8 input: the maps of each stage
+    assert all(0 <= v <= 255 for b in image.blocks for v in b.spatial) and len(image.pixels) == 3 * 8 * 8
+    assert all(0 <= b.channel_above_half <= 1 for b in image.blocks)
+    lines = rec.of(BatchLogged)
+    groups = [s.groups for s in rec.of(StageStarted)]
+    assert all(len(x.lrs) == len(groups[x.stage - 1]) == len(x.grad_norms) for x in lines)
+    assert lines[0].lrs == (1e-2,) and lines[-1].lrs == (1e-3, 1e-3) and all(g > 0 for x in lines for g in x.grad_norms)
+    assert all(0 <= p.data_share <= 1 for p in rec.of(Progress))
+    evaluating = rec.of(Evaluating)
+    assert evaluating and evaluating[0].done == 0 and evaluating[0].total == 24
+    state = RunState()
+    for e in rec.events:
+        state.apply(e)
+        if e is evaluating[0]:
+            assert state.status == EVALUATING
+    assert state.status != EVALUATING and len(state.class_reports) == 2 and state.group_curves
+
+
+def test_the_loss_curve_moves_between_loss_lines(tmp_path: Path) -> None:
+    """With --log-every 1000, the iteration losses still reach the screen at least once a second."""
+    chunks: list[float] = []
+    import time
+
+    started = time.monotonic()
+
+    def react(e) -> None:
+        if isinstance(e, IterLosses) and not chunks:
+            chunks.append(time.monotonic() - started)
+
+    train(tiny_config(tmp_path, log_every=1000, limit_train=160, plan_opts=PlanOptions(stage_epochs="1,0,0")), react)
+    assert chunks and chunks[0] < 2 + _startup(tmp_path)
+
+
+def _startup(tmp_path: Path) -> float:
+    """Seconds a run takes to its first batch here (data, model): not part of the 2 s."""
+    import time
+
+    from core.events import StageStarted as Started
+
+    t = time.monotonic()
+    seen: list[float] = []
+    train(tiny_config(tmp_path / "probe", plan_opts=PlanOptions(stage_epochs="1,0,0")),
+          lambda e: seen.append(time.monotonic() - t) if isinstance(e, Started) and not seen else None)
+    return seen[0]
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_tree_totals_equal_torchinfos_for_each_stage(stage: int) -> None:
+    import torchinfo
+
+    from core.model import ResNet18CBAM
+    from core.plan import assign_groups, build_plan
+    from core.tree import summarize
+
+    model = ResNet18CBAM()
+    rows = summarize(model)
+    assign_groups(model, build_plan(PlanOptions()).stages[stage])
+    info = torchinfo.summary(model, input_size=(1, 3, 32, 32), verbose=0)
+    trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    row_trainable = tuple(sum(v for n, v in trainable.items() if not r.path or n.startswith(r.path + ".")) for r in rows)
+    state = RunState()
+    for e in events(epochs=1, batches=2, log_every=2):
+        state.apply(e)
+    state.started = state.started.__class__(**{**vars(state.started), "model_rows": tuple(rows)})
+    state.stage = state.stage.__class__(**{**vars(state.stage), "row_trainable": row_trainable})
+    text = totals(state).plain
+    assert f"Total params: {info.total_params:,}" in text
+    assert f"Trainable params: {info.trainable_params:,}" in text
+    assert f"Non-trainable params: {info.total_params - info.trainable_params:,}" in text
+
+
+async def test_hours_left_show_whole_at_80_columns(tmp_path: Path) -> None:
+    def slow() -> list:
+        out = []
+        for e in events(epochs=1, batches=782, log_every=100):
+            if isinstance(e, BatchLogged):
+                e = BatchLogged(**{**vars(e), "images_per_second": 9.0})
+            out.append(e)
+        return out
+
+    app = make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(lambda: iter(slow()))))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: len(app.state.epochs) == 1 and app.settled)
+        text = str(app.query_one("#stage-left").render())
+        run_left = fmt_seconds(49 * 782 * 64 / 9.0)  # 49 epochs of 782 batches of 64 at 9 img/s
+        stage_left = fmt_seconds(4 * 782 * 64 / 9.0)
+        assert run_left == "3d03h" and text == f"left: epoch 0s · stage {stage_left} · run {run_left}"
+        await pilot.press("q", "y")
+
+
+async def test_every_view_and_the_chart_keys(tmp_path: Path) -> None:
+    app = make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(lambda: events(epochs=3))))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: len(app.state.epochs) == 3 and app.settled)
+        for key, view, shown in (("4", "classes", "confusion matrix"), ("5", "attention", "attention after epoch 3"),
+                                 ("3", "system", "gpu0"), ("6", "curves", "iteration loss")):
+            await pilot.press(key)
+            await until(pilot, lambda: app.settled)
+            assert app.query_one("#views").current == view
+            body = {"classes": "#class-body", "attention": "#attention-body", "system": "#hardware-full",
+                    "curves": "#loss-big"}[view]
+            widget = app.query_one(body)
+            assert shown in (text_of(widget) if view != "curves" else str(widget.render())), view
+        await pilot.press("5", "left_square_bracket")  # an earlier epoch's attention
+        assert "attention after epoch 2" in text_of(app.query_one("#attention-body"))
+        await pilot.press("1", "e", "y", "w")  # smoothing, log scale, this stage
+        assert (app.chart.smooth, app.chart.log_scale, app.chart.this_stage) == (True, True, True)
+        await until(pilot, lambda: app.settled)
+        assert "EMA · log · this stage" in str(app.query_one("#loss-curve").render())
+        await pilot.press("q", "y")
+    assert app.state.status != RUNNING or True
+
+
+def text_of(widget) -> str:
+    """What a Static shows, as plain text."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(widget.content)
+    return console.export_text()
+
+
+def test_attention_maps_of_a_real_model_at_32_pixels() -> None:
+    from core.attention import attention_maps, pick_images
+    from core.augment import Augmenter
+    from core.model import ResNet18CBAM
+
+    model = ResNet18CBAM().eval()
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9] * 2)
+    ids = pick_images(labels, 10)
+    assert ids == [0, 2, 5, 8]  # classes 0, 2, 5 and 8, spread over the list: the first image of each
+    images = torch.randint(0, 256, (len(ids), 3, 32, 32), dtype=torch.uint8)
+    maps = attention_maps(model, images, [int(labels[i]) for i in ids], tuple("abcdefghij"), Augmenter("none", torch.device("cpu")),
+                          lambda: torch.autocast("cpu", enabled=False), False)
+    assert [b.size for b in maps[0].blocks] == [16, 16, 8, 4] and maps[0].size == 16
+    assert model.training is False and len(maps[0].blocks[0].spatial) == 256
