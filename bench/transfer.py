@@ -204,7 +204,8 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--train-images", type=int, default=2000, help="fine-tuning images (of the five classes)")
     parser.add_argument("--test-images", type=int, default=1000)
-    parser.add_argument("--stage-epochs", default="1,3,6", help="every plan's budget, the seed's 5:15:30 scaled (one-stage plans: the sum)")
+    parser.add_argument("--stage-epochs", default="1,3,6",
+                        help="every plan's budget, the seed's 5:15:30 scaled (one-stage plans: the sum)")
     parser.add_argument("--pretrain-epochs", type=int, default=8)
     parser.add_argument("--pretrain-images", type=int, default=None, help="default: all 25,000 of the source classes")
     parser.add_argument("--seeds", type=int, default=2)

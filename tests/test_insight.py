@@ -23,7 +23,7 @@ from core.events import (
 )
 from core.hardware import Nvml, SystemMonitor
 from core.plan import PlanOptions
-from core.state import EVALUATING, RUNNING, RunState, fmt_seconds
+from core.state import EVALUATING, RunState, fmt_seconds
 from tests.conftest import tiny_config, train
 from tests.scripted import ScriptedTrainer, events
 from tests.test_app import until
@@ -82,7 +82,7 @@ def test_without_nvml_the_gpu_figures_give_way_to_one_line(monkeypatch: pytest.M
 
 
 def test_a_run_reports_classes_attention_rates_norms_and_its_evaluation(tmp_path: Path) -> None:
-    outcome, rec = train(tiny_config(tmp_path, plan_opts=PlanOptions(stage_epochs="1,1,0", lrs="1e-2,1e-3,1e-3")))
+    _, rec = train(tiny_config(tmp_path, plan_opts=PlanOptions(stage_epochs="1,1,0", lrs="1e-2,1e-3,1e-3")))
     reports, epochs = rec.of(ClassAccuracy), rec.of(EpochEnded)
     assert len(reports) == len(epochs) == 2
     for report, epoch in zip(reports, epochs, strict=True):
@@ -203,7 +203,6 @@ async def test_every_view_and_the_chart_keys(tmp_path: Path) -> None:
         await until(pilot, lambda: app.settled)
         assert "EMA · log · this stage" in str(app.query_one("#loss-curve").render())
         await pilot.press("q", "y")
-    assert app.state.status != RUNNING or True
 
 
 def text_of(widget) -> str:

@@ -76,11 +76,11 @@ def print_outcome(state: RunState, error: str | None) -> None:
         table = Table(box=None, pad_edge=False, header_style="bold")
         for column in ("epoch", "stage", "train loss", "train acc", "test loss", "test acc", "time"):
             table.add_column(column, justify="right")
-        best = max(state.epochs, key=lambda e: e.test_acc)
+        top = max(state.epochs, key=lambda e: e.test_acc)
         for e in state.epochs:
             table.add_row(
                 str(e.epoch), str(e.stage), f"{e.train_loss:.4f}", f"{e.train_acc:.2f}%", f"{e.test_loss:.4f}",
-                f"{e.test_acc:.2f}%", fmt_seconds(e.seconds), style="bold" if e is best else None,
+                f"{e.test_acc:.2f}%", fmt_seconds(e.seconds), style="bold" if e is top else None,
             )
         Console(highlight=False, soft_wrap=True).print(table)
     if started is not None:
