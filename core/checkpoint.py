@@ -184,6 +184,9 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
         raise bad("its random state is not a byte tensor")
     if not isinstance(ckpt["history"], list):
         raise bad("its history is not a list")
+    rates = ckpt.get("base_lrs", [])
+    if not isinstance(rates, list) or not all(_is_num(r) and 0 < r <= 10 for r in rates):
+        raise bad("its learning rates are not positive numbers")
     try:
         ckpt["history"] = [_epoch(e) for e in ckpt["history"]]
     except BadEvent as exc:

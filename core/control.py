@@ -20,11 +20,16 @@ class Control:
         self._next_stage = False
         self._save = False
         self._stop: StopReason | None = None
+        self._changes: list[tuple[Command, str]] = []  # lr and epochs: applied in order at the boundary
 
     # --- verbs, for any thread -------------------------------------------
-    def apply(self, command: Command) -> None:
+    def apply(self, command: Command, origin: str = "keys") -> None:
         verb = command.verb
-        if verb == "pause":
+        if verb in ("lr", "epochs"):
+            with self._wake:
+                self._changes.append((command, origin))
+                self._wake.notify_all()
+        elif verb == "pause":
             self.pause()
         elif verb == "resume":
             self.resume()
@@ -83,8 +88,14 @@ class Control:
             hit, self._save = self._save, False
             return hit
 
+    def take_changes(self) -> list[tuple[Command, str]]:
+        """The learning-rate and epoch changes asked for since the last call, with who asked."""
+        with self._lock:
+            changes, self._changes = self._changes, []
+            return changes
+
     def wait(self, timeout: float) -> None:
         """Block up to ``timeout`` s, or until any verb is called (at once if a request is pending)."""
         with self._wake:
-            if not (self._stop or self._save or self._next_stage):
+            if not (self._stop or self._save or self._next_stage or self._changes):
                 self._wake.wait(timeout)

@@ -363,9 +363,39 @@ class CommandTaken(Event):
     """A command from the run directory's inbox (`ctl`, an attached dashboard)."""
 
     kind: ClassVar[str] = "command"
-    verb: str  # pause, resume, next, save or stop
+    verb: str  # pause, resume, next, save, stop, lr or epochs
     origin: str  # who sent it: "ctl pid 123", "watch pid 456"
     global_step: int = 0  # the step at whose end it took effect
+    value: str = ""  # lr: "3e-4" or "x0.5"; epochs: "+2"
+    group: str = ""  # lr: the one group it is for, if not all
+
+
+@dataclass(frozen=True)
+class RatesChanged(Event):
+    """The stage's learning rates changed live (a key, `ctl lr`); a schedule goes on from them."""
+
+    kind: ClassVar[str] = "rates_changed"
+    origin: str
+    stage: int
+    groups: tuple[str, ...]
+    before: tuple[float, ...]  # each group's base rate (before its schedule's factor)
+    after: tuple[float, ...]
+    global_step: int
+    note: str = ""  # why nothing changed, when nothing did
+
+
+@dataclass(frozen=True)
+class PlanChanged(Event):
+    """The current stage was made longer or shorter live (a key, `ctl epochs`)."""
+
+    kind: ClassVar[str] = "plan_changed"
+    origin: str
+    stage: int
+    epochs: int  # the stage's epochs now
+    first_epoch: int
+    last_epoch: int
+    total_epochs: int
+    note: str = ""  # when the change was cut to what is possible
 
 
 @dataclass(frozen=True)

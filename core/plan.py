@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import PlanError
 from core.layout import MODULES, NEW_MODULES
+from core.schedule import check as check_schedule
 
 if TYPE_CHECKING:  # torch loads only when a plan is applied to a model
     from torch import nn
@@ -52,6 +53,7 @@ class Stage:
     name: str
     epochs: int
     groups: tuple[Group, ...]
+    schedule: str = "constant"  # core.schedule: the rates' shape within the stage, stepped per batch
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class Plan:
                 {
                     "name": s.name,
                     "epochs": s.epochs,
+                    "schedule": s.schedule,
                     "groups": [{"name": g.name, "modules": list(g.modules), "lr": g.lr} for g in s.groups],
                 }
                 for s in self.stages
@@ -118,6 +121,7 @@ class PlanOptions:
     new_lr_mult: float | None = None
     frozen_bn: str | None = None
     moments: str | None = None
+    schedule: str | None = None  # for every stage of a preset
 
 
 def build_plan(opts: PlanOptions) -> Plan:
@@ -127,7 +131,7 @@ def build_plan(opts: PlanOptions) -> Plan:
     if opts.moments is not None and opts.moments not in MOMENT_POLICIES:
         raise PlanError(f"--moments must be one of {', '.join(MOMENT_POLICIES)}, not {opts.moments!r}")
     if opts.plan_file is not None:
-        for flag, value in (("--lrs", opts.lrs), ("--new-lr-mult", opts.new_lr_mult)):
+        for flag, value in (("--lrs", opts.lrs), ("--new-lr-mult", opts.new_lr_mult), ("--schedule", opts.schedule)):
             if value is not None:
                 raise PlanError(f"{flag} cannot be combined with --plan: set learning rates in the plan file")
         plan = load_plan(opts.plan_file)
@@ -147,6 +151,9 @@ def build_plan(opts: PlanOptions) -> Plan:
     if opts.stage_epochs is not None:
         epochs = parse_epochs(opts.stage_epochs, len(plan.stages))
         plan = replace(plan, stages=tuple(Stage(s.name, e, s.groups) for s, e in zip(plan.stages, epochs, strict=True)))
+    if opts.schedule is not None:
+        schedule = check_schedule(opts.schedule)
+        plan = replace(plan, stages=tuple(replace(s, schedule=schedule) for s in plan.stages))
     if opts.frozen_bn is not None:
         plan = replace(plan, frozen_bn=opts.frozen_bn)
     if opts.moments is not None:
@@ -220,6 +227,7 @@ def validate(plan: Plan) -> None:
         where = f"stage {i} ({stage.name})"
         if not 0 <= stage.epochs <= MAX_EPOCHS:
             raise PlanError(f"{where} has {stage.epochs} epochs; epochs must be from 0 (skip) to {MAX_EPOCHS}")
+        check_schedule(stage.schedule, where)
         if not stage.groups:
             raise PlanError(f"{where} has no parameter groups, so nothing would train")
         for g in stage.groups:
@@ -267,9 +275,10 @@ def load_plan(path: Path) -> Plan:
 def _stage(raw: Any, where: str, groups_key: str = "group") -> Stage:
     if not isinstance(raw, dict):
         raise PlanError(f"{where} is not a table")
-    _only_keys(raw, {"name", "epochs", groups_key}, where)
+    _only_keys(raw, {"name", "epochs", "schedule", groups_key}, where)
     name = _field(raw, "name", str, where)
     epochs = _field(raw, "epochs", int, where)
+    schedule = check_schedule(_field({"schedule": raw.get("schedule", "constant")}, "schedule", str, where), where)
     groups_raw = raw.get(groups_key)
     if not isinstance(groups_raw, list) or not groups_raw:
         raise PlanError(f"{where} has no [[stage.group]] tables")
@@ -289,7 +298,7 @@ def _stage(raw: Any, where: str, groups_key: str = "group") -> Stage:
         if not isinstance(gname, str) or not gname:
             raise PlanError(f"{gwhere}: name must be a non-empty string")
         groups.append(Group(gname, tuple(modules), float(lr)))
-    return Stage(name, epochs, tuple(groups))
+    return Stage(name, epochs, tuple(groups), schedule)
 
 
 def _field(raw: dict[str, Any], key: str, kind: type, where: str) -> Any:

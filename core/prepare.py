@@ -41,6 +41,7 @@ class Restored:
     optimizer_stage: int
     scaler: dict[str, Any] | None
     history: list[EpochEnded]
+    base_lrs: list[float]  # the stage's rates as live changes left them
 
 
 @dataclass
@@ -152,6 +153,7 @@ def _restore(saved: dict[str, Any], model: ResNet18CBAM, data: Dataset, config: 
         optimizer_stage=saved["optimizer_stage"],
         scaler=saved.get("scaler"),
         history=saved["history"],
+        base_lrs=saved.get("base_lrs") or [],
     )
 
 

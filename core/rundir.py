@@ -13,6 +13,7 @@
         .lock                flock()ed by the process that owns the run, for as long as it lives
         run.pid              that process's pid: a hint for people, never proof of life
         train.log, error.log the output of a detached run; a failure's traceback
+        curves.png           the seed's two figures, when a run finishes (with the export extra)
 
 Everything read from here is untrusted: entries are reached through one open
 directory and never through a link, only regular files are read, each up to a
@@ -28,6 +29,7 @@ import enum
 import fcntl
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -55,6 +57,7 @@ CONTROL = "control"
 LOCK = ".lock"
 PID = "run.pid"
 TRAIN_LOG = "train.log"
+CURVES = "curves.png"
 ERROR_LOG = "error.log"
 _FILES = (CONFIG, EVENTS, METRICS, PROGRESS, SYSTEM, LOCK, PID)
 _DIRS = (CHECKPOINTS, CONTROL)
@@ -111,29 +114,71 @@ _EXIT_CODES = {
 
 # --- commands: the inbox's messages ------------------------------------------------
 
-VERBS = ("pause", "resume", "next", "save", "stop")
+VERBS = ("pause", "resume", "next", "save", "stop", "lr", "epochs")
+MAX_LR = 10.0
+MAX_EPOCH_CHANGE = 10_000
 _COMMAND_NAME = re.compile(r"(\d{1,20})-(\d{1,10})-([a-z]{1,16})")
+_GROUP = re.compile(r"[A-Za-z0-9+._-]{1,100}")
 
 
 @dataclass(frozen=True)
 class Command:
-    """One request to a run, from a key, `ctl` or a dashboard attached to its directory."""
+    """One request to a run, from a key, `ctl` or a dashboard attached to its directory.
+
+    ``lr``: ``value`` is a rate (``3e-4``) or a factor (``x0.5``), for every group of the
+    stage or only ``group``. ``epochs``: ``value`` is ``+N`` or ``-N`` for this stage.
+    """
 
     verb: str
+    value: str = ""
+    group: str = ""
 
     def __post_init__(self) -> None:
         if self.verb not in VERBS:
             raise ConfigError(f"unknown command {clean_text(self.verb)!r}: use one of {', '.join(VERBS)}")
+        if self.verb == "lr":
+            self.lr_change()
+        elif self.verb == "epochs":
+            self.epoch_change()
+        elif self.value or self.group:
+            raise ConfigError(f"{self.verb} takes no value")
+        if self.group and (self.verb != "lr" or not _GROUP.fullmatch(self.group)):
+            shown = clean_text(self.group)
+            raise ConfigError(f"--group names an optimizer group (letters, digits, + . _ -), not {shown!r}")
+
+    def lr_change(self) -> tuple[bool, float]:
+        """(scale?, number): ``x0.5`` scales the rates, ``3e-4`` sets them."""
+        scale = self.value.startswith("x")
+        try:
+            number = float(self.value[1:] if scale else self.value)
+        except ValueError:
+            number = math.nan
+        if not (math.isfinite(number) and 0 < number <= (1000.0 if scale else MAX_LR)):
+            shown = clean_text(self.value)
+            raise ConfigError(f"lr takes a rate (like 3e-4, at most {MAX_LR:g}) or a factor (like x0.5), not {shown!r}")
+        return scale, number
+
+    def epoch_change(self) -> int:
+        text = self.value
+        if not (text[:1] in "+-" and text[1:].isdigit() and 0 < int(text[1:]) <= MAX_EPOCH_CHANGE):
+            raise ConfigError(f"epochs takes +N or -N (like +2), not {clean_text(text)!r}")
+        return int(text)
+
+    def __str__(self) -> str:
+        return " ".join(x for x in (self.verb, self.value, f"(group {self.group})" if self.group else "") if x)
 
     def to_body(self, origin: str) -> dict[str, Any]:
-        return {"origin": origin}
+        return {"origin": origin, "value": self.value, "group": self.group}
 
     @classmethod
     def from_body(cls, verb: str, body: object) -> tuple[Command, str]:
         """The command and its origin from a claimed file; ValueError if it is not one."""
         if not isinstance(body, dict) or not isinstance(body.get("origin"), str):
             raise ValueError("not a command")
-        return cls(verb), clean_text(body["origin"][:200])
+        value, group = body.get("value", ""), body.get("group", "")
+        if not isinstance(value, str) or not isinstance(group, str) or len(value) > 40 or len(group) > 100:
+            raise ValueError("not a command")
+        return cls(verb, value, group), clean_text(body["origin"][:200])
 
 
 # --- who owns a run --------------------------------------------------------------
@@ -529,6 +574,10 @@ class RunDir:
         self.checkpoints.write_atomic(name, data)
         return self.checkpoint_path(name)
 
+    @property
+    def curves_path(self) -> Path:
+        return self.path / CURVES
+
     def checkpoint_path(self, name: str = LAST) -> Path:
         return self.path / CHECKPOINTS / name
 
@@ -790,6 +839,7 @@ class RunInfo:
     message: str = ""  # why it stopped, failed or cannot be read
     bad_lines: int = 0  # lines of events.jsonl that are no valid event
     resumable: bool = False  # it has a checkpoint and is not running
+    epochs_done: int = 0
 
     @property
     def live(self) -> bool:
@@ -826,7 +876,7 @@ def inspect_run(path: Path, follow: bool = True) -> RunInfo:
         seconds = (time.time() if owner.alive else state.last_t) - state.first_t
     return RunInfo(
         path, status, state.stage_text, state.epoch_text, state.best_acc, state.first_t, seconds,
-        owner.pid if owner.alive else None, message, reader.bad, resumable and not owner.alive,
+        owner.pid if owner.alive else None, message, reader.bad, resumable and not owner.alive, len(state.epochs),
     )
 
 
@@ -834,6 +884,43 @@ def list_runs(root: Path) -> list[RunInfo]:
     """The runs directly under ``root``, oldest first; a broken one is listed, never fatal."""
     runs = [inspect_run(p, follow=False) for p in iter_run_dirs(root)]
     return sorted(runs, key=lambda r: (r.started or 0.0, r.path.name))
+
+
+def remove_run(root: Path, name: str) -> None:
+    """Delete the run directory ``root/name``, and only if it is a run that no process holds:
+    never a link, never anything outside it."""
+    import shutil
+
+    with Dir.open(root, follow=True) as parent:
+        st = parent.lstat(name)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            raise RunDirError(f"{root / name} is not a run directory")
+        with parent.sub(name) as run:
+            if not is_run(run):
+                raise RunDirError(f"{root / name} is not a cbam-tui run directory")
+            if probe_owner(run).alive:
+                raise RunDirError(f"{root / name} is in use by a live process")
+        shutil.rmtree(name, dir_fd=parent.fd)
+
+
+def unfinished_run(name: str, root: Path) -> Path | None:
+    """The newest run named ``name`` under ``root`` that stopped or died with a checkpoint
+    (what a requeued job should go on with); None when there is none."""
+    try:
+        runs = list_runs(root)
+    except RunDirError:
+        return None
+    for info in reversed(runs):
+        if info.state not in ("stopped", "dead") or not info.resumable:
+            continue
+        try:
+            with open_run(info.path, follow=False) as run:
+                config = read_config(run)
+        except RunDirError:
+            continue
+        if config.get("name") == name:
+            return info.path
+    return None
 
 
 def resolve_run(arg: str | None, root: Path) -> Path:

@@ -8,6 +8,7 @@ torch, no UI.
 
 from __future__ import annotations
 
+import dataclasses
 from array import array
 from dataclasses import dataclass, field
 
@@ -23,7 +24,9 @@ from core.events import (
     IterLosses,
     Loading,
     Paused,
+    PlanChanged,
     Progress,
+    RatesChanged,
     Resumed,
     RunFailed,
     RunFinished,
@@ -143,6 +146,8 @@ class RunState:
             self.watching = e
         elif isinstance(e, CommandTaken):
             self.commands += 1
+        elif isinstance(e, PlanChanged):
+            self._replan(e)
         elif isinstance(e, CheckpointSaved):
             self.last_checkpoint = e.path
         elif isinstance(e, RunFinished):
@@ -154,6 +159,16 @@ class RunState:
         elif isinstance(e, RunFailed):
             self.status, self.ended, self.message = FAILED, e, e.message
             self.last_checkpoint = e.checkpoint or self.last_checkpoint
+
+    def _replan(self, e: PlanChanged) -> None:
+        """A stage made longer or shorter: its range and the run's length move."""
+        if self.stage is not None and self.stage.stage == e.stage:
+            self.stage = dataclasses.replace(self.stage, last_epoch=e.last_epoch, total_epochs=e.total_epochs)
+        if self.started is not None:
+            stages = list(self.started.stages)
+            if 0 < e.stage <= len(stages):
+                stages[e.stage - 1] = (stages[e.stage - 1][0], e.epochs)
+            self.started = dataclasses.replace(self.started, stages=tuple(stages), total_epochs=e.total_epochs)
 
     def _start(self, e: RunStarted) -> None:
         self.first = self.first or e
@@ -249,7 +264,18 @@ def describe(e: Event) -> list[str]:
     if isinstance(e, StageSkipped):
         return [f"Stage {e.stage} ({e.name}) skipped: {e.reason}"]
     if isinstance(e, CommandTaken):
-        return [f"command {e.verb} from {e.origin}"]
+        what = " ".join(x for x in (e.verb, e.value, f"(group {e.group})" if e.group else "") if x)
+        return [f"command {what} from {e.origin}"]
+    if isinstance(e, RatesChanged):
+        if e.note:
+            return [f"learning rates unchanged: {e.note}"]
+        moved = [f"{name} {lr_text(a)} → {lr_text(b)}" for name, a, b in zip(e.groups, e.before, e.after, strict=True)
+                 if a != b]
+        return [f"learning rates ({e.origin}): {', '.join(moved) or 'unchanged'}; the next stage starts from its plan"]
+    if isinstance(e, PlanChanged):
+        note = f" ({e.note})" if e.note else ""
+        return [f"stage {e.stage} now has {e.epochs} epochs (epochs {e.first_epoch}-{e.last_epoch}), "
+                f"the run {e.total_epochs}{note}"]
     if isinstance(e, Paused):
         return [f"paused at epoch {e.epoch}, batch {e.batch}" + ("" if e.reason == "user" else f": {e.reason}")]
     if isinstance(e, Resumed):

@@ -11,6 +11,9 @@ is batched tensor ops.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import importlib.util
 import math
 import time
 import traceback
@@ -42,7 +45,9 @@ from core.events import (
     IterLosses,
     ModuleState,
     Paused,
+    PlanChanged,
     Progress,
+    RatesChanged,
     Resumed,
     RunFailed,
     RunFinished,
@@ -59,6 +64,7 @@ from core.model import module_parameters
 from core.optim import restore_optimizer, stage_optimizer
 from core.prepare import Setup, prepare
 from core.rundir import BEST, LAST, Command, Inbox, RunDir, StopReason
+from core.schedule import factor as schedule_factor
 
 Emit = Callable[[Event], None]
 
@@ -114,6 +120,7 @@ class Trainer:
         self.inbox: Inbox | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.opt_stage = -1
+        self.base_lrs: list[float] = []  # each group's rate before its schedule's factor; live changes move it
         self.scaler: torch.amp.GradScaler | None = None
         self.best_acc, self.best_epoch, self.last_acc, self.global_step = 0.0, 0, 0.0, 0
         self.history: list[EpochEnded] = []
@@ -170,8 +177,8 @@ class Trainer:
         self._consumer(event)
 
     def _on_command(self, command: Command, origin: str) -> None:
-        self._emit(CommandTaken(command.verb, origin, self.global_step))
-        self.control.apply(command)
+        self._emit(CommandTaken(command.verb, origin, self.global_step, command.value, command.group))
+        self.control.apply(command, origin)
 
     # --- the run -----------------------------------------------------------------
     def _start(self) -> None:
@@ -208,24 +215,83 @@ class Trainer:
         plan = self._setup.config.plan
         r = self._setup.restored
         start = r.position if r else Position(0, 1)
-        for si, stage in enumerate(plan.stages):
+        for si in range(len(plan.stages)):
+            plan = self._setup.config.plan
+            stage = plan.stages[si]
             if si < start.stage:
                 continue
-            first, last = plan.epoch_range(si)
+            first, _ = plan.epoch_range(si)
             if stage.epochs == 0:
                 self._emit(StageSkipped(si + 1, stage.name, "0 epochs"))
                 continue
             self._start_stage(si)
             resumed_here = start if si == start.stage else Position(si, first)
-            for epoch in range(resumed_here.epoch, last + 1):
+            epoch = resumed_here.epoch
+            while epoch <= plan.epoch_range(si)[1]:  # the plan: a live change can move the stage's end
                 pos = resumed_here if epoch == resumed_here.epoch else Position(si, epoch)
                 outcome = self._epoch(pos)
                 if isinstance(outcome, StopReason):
                     return outcome
                 if outcome == _NEXT:
                     break
+                plan = self._setup.config.plan
+                epoch += 1
         self._emit(RunFinished(self.last_acc, self.best_acc, self.best_epoch, self._clock.elapsed()))
+        self._write_curves()
         return StopReason.FINISHED
+
+    def _write_curves(self) -> None:
+        """curves.png in the run directory, when matplotlib is installed; a finished run
+        stays finished whatever happens here."""
+        if importlib.util.find_spec("matplotlib") is None:
+            return
+        from core.export import png
+
+        with contextlib.suppress(Exception):
+            png(self._rundir.path, self._rundir.curves_path)
+
+    def _rates_at(self, si: int, epoch: int, batch: int) -> None:
+        """Each group's rate for this batch: its base rate times the stage's schedule."""
+        plan = self._setup.config.plan
+        stage, n = plan.stages[si], self._setup.batches_per_epoch
+        f = schedule_factor(stage.schedule, (epoch - plan.epoch_range(si)[0]) * n + batch, stage.epochs * n)
+        assert self.optimizer is not None
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * f
+
+    def _change(self, command: Command, origin: str, ep: EpochRun) -> None:
+        """A live change of the learning rates or of the stage's length, at a batch boundary."""
+        si = ep.position.stage
+        if command.verb == "lr":
+            assert self.optimizer is not None
+            names = tuple(str(g["name"]) for g in self.optimizer.param_groups)
+            scale, number = command.lr_change()
+            before = tuple(self.base_lrs)
+            note = ""
+            if command.group and command.group not in names:
+                note = f"this stage has no group {command.group!r} (it has {', '.join(names)})"
+            else:
+                for i, name in enumerate(names):
+                    if not command.group or name == command.group:
+                        self.base_lrs[i] = min(self.base_lrs[i] * number if scale else number, 10.0)
+            self._emit(RatesChanged(origin, si + 1, names, before, tuple(self.base_lrs), self.global_step, note))
+            self._rates_at(si, ep.position.epoch, ep.batch)
+            return
+        cfg = self._setup.config
+        stage = cfg.plan.stages[si]
+        first, _ = cfg.plan.epoch_range(si)
+        in_progress = ep.position.epoch - first + 1  # epochs of this stage begun: the floor
+        wanted = stage.epochs + command.epoch_change()
+        epochs = max(wanted, in_progress)
+        note = "the epoch in progress is now the stage's last" if epochs > wanted else ""
+        if epochs != stage.epochs:
+            stages = list(cfg.plan.stages)
+            stages[si] = dataclasses.replace(stage, epochs=epochs)
+            self._setup.config = self.config = cfg.replace(plan=dataclasses.replace(cfg.plan, stages=tuple(stages)))
+            self._rundir.write_config({**self.config.to_dict(), "classes": list(self._setup.data.classes)})
+        plan = self._setup.config.plan
+        first, last = plan.epoch_range(si)
+        self._emit(PlanChanged(origin, si + 1, epochs, first, last, plan.total_epochs, note))
 
     def _start_stage(self, si: int) -> None:
         s = self._setup
@@ -234,9 +300,12 @@ class Trainer:
         if previous is None and r is not None and r.optimizer_stage >= 0 and r.optimizer_stage != si:
             previous = restore_optimizer(s.model, plan, r.optimizer_stage, r.optimizer, s.device)
         self.optimizer, groups, kept = stage_optimizer(s.model, plan, si, s.device, previous)
+        self.base_lrs = [g.lr for g, _ in groups]  # each stage starts from its plan (live changes end here)
         if self.opt_stage < 0 and r is not None and r.optimizer_stage == si:
             self.optimizer.load_state_dict(r.optimizer)  # the same stage, continued
             kept = sum(p.numel() for p in self.optimizer.state)
+            if r.base_lrs and len(r.base_lrs) == len(self.base_lrs):
+                self.base_lrs = list(r.base_lrs)
         self.opt_stage = si
         s.model.train()
         group_of = {id(p): g for g, ps in groups for p in ps}
@@ -301,6 +370,7 @@ class Trainer:
                 ep.train_seconds = ep.clock.elapsed()
                 return self._stop(ep.here(), ep) if signal == "stop" else _NEXT
             t0 = time.perf_counter()
+            self._rates_at(si, epoch, b)
             idx = batches[b]
             x = s.train_x[idx.to(s.train_x.device)].to(dev, non_blocking=True)
             y = s.train_y[idx.to(s.train_y.device)].to(dev, non_blocking=True)
@@ -383,6 +453,8 @@ class Trainer:
                     return "stop"
                 if self.control.take_save():
                     self._save(ep.here(), ep.meter.host(), "save")
+                for command, origin in self.control.take_changes():
+                    self._change(command, origin, ep)
                 if self.control.take_next_stage():
                     return "next"
                 if not self.control.paused:
@@ -536,6 +608,7 @@ class Trainer:
             "global_step": self.global_step,
             "rng": torch.get_rng_state(),
             "history": [e.to_dict() for e in self.history],
+            "base_lrs": list(self.base_lrs),
         }
 
     def _save(self, pos: Position, sums: Sums, reason: str) -> str | None:

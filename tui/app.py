@@ -12,23 +12,25 @@ import os
 import threading
 import time
 
+from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import ContentSwitcher, Footer
+from textual.widgets import ContentSwitcher, Footer, Static
 from textual.worker import Worker, WorkerState
 
 from core.errors import CbamError
 from core.events import Event, Loading, Progress
 from core.rundir import Command, StopReason
 from core.state import ENDED, EVALUATING, PAUSED, RUNNING, STOPPING, RunState, describe
-from tui.links import Link
+from tui.links import CompareLink, Link
 from tui.widgets.attention_view import AttentionView
 from tui.widgets.class_view import ClassView
+from tui.widgets.compare_view import CompareView
 from tui.widgets.curves import ChartOptions, EpochCurve, GroupCurve, LossCurve
-from tui.widgets.dialogs import ConfirmScreen, ErrorScreen
+from tui.widgets.dialogs import ConfirmScreen, ErrorScreen, RatesScreen
 from tui.widgets.hardware import HardwarePanel
 from tui.widgets.help_screen import HelpScreen
 from tui.widgets.loss_log import LossLog
@@ -44,7 +46,8 @@ COMPACT_BELOW_ROWS = 30
 TALL_FROM_ROWS = 40  # the dashboard's left column has room for the learning-rate curve
 EXIT_GRACE_S = 3.0  # after a stop signal, the process ends even if the terminal will not be restored
 SIGNALLED = (StopReason.SIGINT, StopReason.SIGTERM, StopReason.SIGHUP, StopReason.SIGUSR1)
-KEY_ACTIONS = {"pause": ("pause", "resume"), "next": ("next_stage",), "save": ("save",), "stop": ("stop_run",)}
+KEY_ACTIONS = {"pause": ("pause", "resume"), "next": ("next_stage",), "save": ("save",), "stop": ("stop_run",),
+               "lr": ("rates",), "epochs": ("epochs",)}
 
 
 class RunEvent(Message):
@@ -74,11 +77,16 @@ class CbamApp(App[int]):
         Binding("n", "next_stage", "next stage"),
         Binding("s", "save", "save"),
         Binding("x", "stop_run", "stop run"),
+        Binding("l", "rates", "lr"),
+        Binding("plus", "epochs('+1')", "+epoch", show=False),
+        Binding("minus", "epochs('-1')", "-epoch", show=False),
         # The same keys when they cannot act: one line in the log saying why.
         Binding("p,space", "unavailable('pause')", show=False),
         Binding("n", "unavailable('next')", show=False),
         Binding("s", "unavailable('save')", show=False),
         Binding("x", "unavailable('stop')", show=False),
+        Binding("l", "unavailable('lr')", show=False),
+        Binding("plus,minus", "unavailable('epochs')", show=False),
         Binding("q", "quit_run", "quit", priority=True),
         Binding("ctrl+c", "quit_run", "quit", show=False, priority=True),
         Binding("tab", "next_view", "view", priority=True),
@@ -99,6 +107,7 @@ class CbamApp(App[int]):
     def __init__(self, link: Link) -> None:
         super().__init__()
         self.link = link
+        self.compare = isinstance(link, CompareLink)  # several runs side by side, none steered
         self.state = RunState()
         self.outcome: StopReason | None = None  # why the link's worker ended
         self.error: str | None = None  # the worker raised: shown, and the exit code is 1
@@ -112,6 +121,12 @@ class CbamApp(App[int]):
 
     # --- layout ---------------------------------------------------------------
     def compose(self) -> ComposeResult:
+        if isinstance(self.link, CompareLink):
+            head = f" COMPARE  {len(self.link.runs)} runs · refreshed every second · q leaves"
+            yield Static(Text(head, style="bold"), id="status")
+            yield CompareView(self.link.runs, id="compare")
+            yield Footer()
+            return
         yield StatusBar(id="status")
         with ContentSwitcher(initial="dashboard", id="views"):
             with Vertical(id="dashboard"):
@@ -141,16 +156,18 @@ class CbamApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.follow()
+        if self.compare:
+            return
         self._fit()
         self.set_interval(REDRAW_S, self.redraw)
         self.redraw()
-        self.follow()
 
     def on_unmount(self) -> None:
         # However the app ends, a run it owns must not train on unseen: it stops at the
-        # next batch with a checkpoint, and the process can exit.
-        if self.link.leaving_stops_run and self.outcome is None:
-            self.link.stop(StopReason.QUIT)
+        # next batch with a checkpoint, and the process can exit. A followed run goes on.
+        if self.outcome is None:
+            self.link.stop(StopReason.QUIT if self.link.leaving_stops_run else StopReason.LEFT)
 
     # --- the worker -----------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False, group="training")
@@ -219,6 +236,8 @@ class CbamApp(App[int]):
 
     # --- which keys act now: the footer shows only those -------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if self.compare:
+            return action in ("quit_run", "help")
         if action == "attention_epoch":
             return self.query_one(ContentSwitcher).current == "attention"
         steerable = self._steerable() and self.state.stage is not None
@@ -226,7 +245,7 @@ class CbamApp(App[int]):
             return steerable and self.state.status in (RUNNING, EVALUATING)
         if action == "resume":
             return steerable and self.state.status == PAUSED and self._may_resume()
-        if action in ("next_stage", "save"):
+        if action in ("next_stage", "save", "rates", "epochs"):
             return steerable
         if action == "stop_run":
             return steerable and not self.link.leaving_stops_run
@@ -246,7 +265,7 @@ class CbamApp(App[int]):
     # --- redraw, throttled ----------------------------------------------------
     def redraw(self) -> None:
         state = self.state
-        if state.version == self._drawn:
+        if self.compare or state.version == self._drawn:
             return
         self._drawn = state.version
         self.query_one(StatusBar).update_from(state)
@@ -291,6 +310,8 @@ class CbamApp(App[int]):
         return self._applied == self._posted and self._drawn == self.state.version
 
     def on_resize(self) -> None:
+        if self.compare:
+            return
         self._fit()
         self._drawn = -1
 
@@ -323,6 +344,19 @@ class CbamApp(App[int]):
 
     def action_save(self) -> None:
         self._request(Command("save"))
+
+    def action_rates(self) -> None:
+        """l: change the learning rates now, in a small dialog."""
+        from tui.widgets.module_table import live_rates
+
+        stage = self.state.stage
+        rates = live_rates(self.state)
+        groups = [(name, rates.get(name, lr)) for name, lr in stage.groups] if stage else []
+        self.push_screen(RatesScreen(groups), lambda command: self._request(command) if command else None)
+
+    def action_epochs(self, change: str) -> None:
+        """+ / -: one epoch more or less in this stage."""
+        self._request(Command("epochs", change))
 
     def action_stop_run(self) -> None:
         self.push_screen(

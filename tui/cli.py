@@ -33,7 +33,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "dataset": "synthetic", "image_size": 16, "limit_train": 960, "limit_test": 320, "weights": "none",
     "stage_epochs": "1,1,1", "lrs": "3e-3,1e-3,3e-4", "batch_size": 32, "log_every": 5, "name": "demo",
 }
-PLAN_OPTIONS = ("stage_epochs", "lrs", "new_lr_mult", "frozen_bn", "moments")
+PLAN_OPTIONS = ("stage_epochs", "lrs", "new_lr_mult", "frozen_bn", "moments", "schedule")
 NOT_CONFIG = ("preset", "plan", *PLAN_OPTIONS, "headless", "detach")
 
 
@@ -71,6 +71,7 @@ def run(
     new_lr_mult: Annotated[float, typer.Option(help="New modules (stem conv, CBAM, fc) train at this multiple of the stage's rate.", rich_help_panel=PLAN)] = 1.0,
     frozen_bn: Annotated[str, typer.Option(help="Frozen BatchNorm layers: train (stats update, as the seed) or eval.", rich_help_panel=PLAN)] = "train",
     moments: Annotated[str, typer.Option(help="Adam state of groups that train on at a stage switch: keep or fresh.", show_default="keep; fresh for --preset seed", rich_help_panel=PLAN)] = "keep",
+    schedule: Annotated[str, typer.Option(help="Learning-rate shape within each stage, stepped per batch: constant, cosine, warmup-cosine[:W%] or onecycle.", rich_help_panel=PLAN)] = "constant",
     batch_size: Annotated[int, typer.Option(help="Images per training batch.", rich_help_panel=LOOP)] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=LOOP)] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has it: CUDA, or a CPU with AVX512-BF16 or AMX; else fp32).", rich_help_panel=LOOP)] = "auto",
@@ -82,13 +83,19 @@ def run(
     name: Annotated[str, typer.Option(help="Run name, the end of the run directory's name.", rich_help_panel=RUN)] = "cbam",
     runs_root: Annotated[str, typer.Option(help="Where new run directories go.", rich_help_panel=RUN)] = "runs",
     run_dir: Annotated[str | None, typer.Option(help="Use exactly this (new or empty) run directory.", rich_help_panel=RUN)] = None,
-    resume: Annotated[str | None, typer.Option(help="Continue a run: its directory, its name under --runs-root, or a checkpoint.", rich_help_panel=RUN)] = None,
+    resume: Annotated[str | None, typer.Option(help="Continue a run: its directory, its name under --runs-root, or a checkpoint; auto: this --name's newest unfinished run, or a new one.", rich_help_panel=RUN)] = None,
     group_control: Annotated[bool, typer.Option("--group-control", help="Let the run directory's group read the run and send it commands.", rich_help_panel=RUN)] = False,
 ) -> None:
     values = {k: v for k, v in locals().items() if k != "ctx"}
     source = {k: getattr(ctx.get_parameter_source(k), "name", "DEFAULT") for k in values}
     given = {k for k in values if source[k] in ("COMMANDLINE", "ENVIRONMENT")}
     from_defaults = {k for k in values if source[k] == "DEFAULT_MAP"}
+    if resume == "auto":  # a requeued job: go on with this name's unfinished run, or start one
+        from core.rundir import unfinished_run
+
+        found = unfinished_run(name, Path(runs_root))
+        resume = values["resume"] = str(found) if found is not None else None
+        given -= {"resume", "runs_root", "run_dir"}  # they found the run; the same script runs again
     if resume is not None:
         config, home = resume_config(values, given)
     else:
@@ -156,6 +163,8 @@ def _saved_value(saved: Any, name: str) -> Any:
         return ",".join(str(s.epochs) for s in plan.stages)
     if name in ("frozen_bn", "moments"):
         return getattr(plan, name)
+    if name == "schedule":
+        return plan.stages[0].schedule
     if name in ("preset", "plan"):
         return plan.label
     return getattr(saved, name, None)
@@ -224,41 +233,97 @@ def watch(
 
 
 @app.command("runs")
-def runs(runs_root: RUNS_ROOT = Path("runs")) -> None:
-    """List the runs: state (a dead process is told apart), stage, epoch, best accuracy, start, duration."""
+def runs(
+    runs_root: RUNS_ROOT = Path("runs"),
+    prune: Annotated[str | None, typer.Option(help="failed: remove the runs that failed before their first epoch.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="With --prune: do not ask.")] = False,
+) -> None:
+    """List the runs: state (a dead process is told apart), stage, epoch, best accuracy, start, duration, and why
+    a run failed."""
     from core.rundir import list_runs
-    from tui.runs_view import print_runs
+    from tui.runs_view import print_runs, prune_failed
 
+    if prune is not None:
+        if prune != "failed":
+            raise ConfigError(f"--prune takes failed, not {prune!r}")
+        raise typer.Exit(prune_failed(runs_root, yes))
     print_runs(list_runs(runs_root))
 
 
-@app.command("ctl")
+@app.command("compare")
+def compare(
+    run_dirs: Annotated[list[str], typer.Argument(help="Two or more runs (directories or names under --runs-root).")],
+    runs_root: RUNS_ROOT = Path("runs"),
+) -> None:
+    """Test accuracy and loss per epoch of several runs on one set of axes, with a table; live runs refresh."""
+    from core.rundir import resolve_run
+
+    if len(run_dirs) < 2:
+        raise ConfigError("compare needs at least two runs")
+    paths = list(dict.fromkeys(resolve_run(r, runs_root) for r in run_dirs))
+    if not sys.stdout.isatty():
+        raise ConfigError("compare needs a terminal; cbam-tui runs lists runs as text")
+    from tui import launch
+
+    raise typer.Exit(launch.compare(paths))
+
+
+@app.command("export")
+def export(
+    run_dir: Annotated[str, typer.Argument(help=RUN_ARG_HELP)],
+    tensorboard: Annotated[Path | None, typer.Option(help="Write TensorBoard event files into this directory.")] = None,
+    png: Annotated[Path | None, typer.Option(help="Draw the loss and accuracy curves into this PNG file.")] = None,
+    runs_root: RUNS_ROOT = Path("runs"),
+) -> None:
+    """A run's numbers for other tools (needs pip install 'cbam-tui[export]')."""
+    from core import export as writers
+    from core.rundir import resolve_run
+
+    if tensorboard is None and png is None:
+        raise ConfigError("export needs --tensorboard DIR, --png FILE or both")
+    run = resolve_run(run_dir, runs_root)
+    if png is not None and png.suffix.lower() != ".png":
+        raise ConfigError(f"--png {png} must name a .png file")
+    if tensorboard is not None:
+        count = writers.tensorboard(run, tensorboard)
+        print(f"cbam-tui: {count} scalars of {run.name} in {tensorboard} (tensorboard --logdir {tensorboard})")
+    if png is not None:
+        print(f"cbam-tui: {writers.png(run, png)} ({writers.PNG_INCHES[0] * writers.PNG_DPI:.0f}x"
+              f"{writers.PNG_INCHES[1] * writers.PNG_DPI:.0f} pixels)")
+
+
+@app.command("ctl", context_settings={"ignore_unknown_options": True})  # so that `epochs -1` is a value
 def ctl(
     run_dir: Annotated[str, typer.Argument(help=RUN_ARG_HELP)],
-    command: Annotated[str, typer.Argument(help="pause, resume, next, save or stop.")],
+    command: Annotated[str, typer.Argument(help="pause, resume, next, save, stop, lr or epochs.")],
+    value: Annotated[str | None, typer.Argument(help="lr: a rate (3e-4) or a factor (x0.5); epochs: +N or -N.")] = None,
+    group: Annotated[str | None, typer.Option(help="lr: change only this optimizer group's rate.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run to take the command.")] = 30.0,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the run has taken it.")] = True,
     runs_root: RUNS_ROOT = Path("runs"),
 ) -> None:
-    """Steer a running run from a shell or a script, as its dashboard keys do."""
+    """Steer a running run from a shell or a script, as its dashboard keys do:
+    ctl RUN pause | resume | next | save | stop | lr 3e-4 [--group new] | lr x0.5 | epochs +2 | epochs -1"""
     import math
     import os
 
     from core.rundir import Command, resolve_run, send, wait_taken
 
-    order = Command(command)
+    if command in ("lr", "epochs") and value is None:
+        raise ConfigError(f"{command} needs a value: " + ("a rate (3e-4) or a factor (x0.5)" if command == "lr" else "+N or -N"))
+    order = Command(command, value or "", group or "")
     if not (math.isfinite(timeout) and 0 < timeout <= 86400):
         raise ConfigError("--timeout must be more than 0 and at most 86400 seconds")
     run = resolve_run(run_dir, runs_root)
     sent = send(run, order, f"ctl pid {os.getpid()}")
     if not wait:
-        print(f"cbam-tui: {command} queued for {run}")
+        print(f"cbam-tui: {order} queued for {run}")
         return
     if not wait_taken(run, sent, timeout):
         raise CbamError(
-            f"the run did not take {command} within {timeout:g} s (it reads commands between batches); withdrawn"
+            f"the run did not take {order} within {timeout:g} s (it reads commands between batches); withdrawn"
         )
-    print(f"cbam-tui: {command} taken by {run}")
+    print(f"cbam-tui: {order} taken by {run}")
 
 
 def _click_errors(name: str) -> tuple[type[BaseException], ...]:

@@ -56,6 +56,17 @@ def watch(run: Path) -> int:
     return app.exit_code
 
 
+def compare(runs: list[Path]) -> int:
+    from tui.app import make_app
+    from tui.links import CompareLink
+
+    link = CompareLink(runs)
+    app = make_app(link)
+    with stop_on_signals(link.stop):
+        app.run()
+    return app.exit_code
+
+
 def headless(config: RunConfig, rundir: RunDir | None = None) -> int:
     from tui.headless import run_headless
 

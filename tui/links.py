@@ -14,12 +14,14 @@ command on and returns a line for the log, or raises CbamError with the reason.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from core.config import RunConfig
 from core.control import Control
+from core.errors import CbamError
 from core.events import Event
 from core.rundir import Command, StopReason
 
@@ -55,13 +57,16 @@ class InProcessLink:
         return Trainer(self.config, on_event, self.control).run()
 
     def send(self, command: Command) -> str:
-        self.control.apply(command)
+        self.control.apply(command, "keys")
         return {
             "pause": "pausing at the next batch boundary",
             "resume": "resuming",
             "next": "next stage requested: this epoch ends at the next batch",
             "save": "saving a checkpoint at the next batch boundary",
             "stop": "stopping at the next batch boundary, with a checkpoint",
+            "lr": f"learning rate {command.value}" + (f" for {command.group}" if command.group else "")
+                  + ": from the next batch",
+            "epochs": f"this stage {command.value} epochs: at the next batch",
         }[command.verb]
 
     def stop(self, reason: StopReason) -> None:
@@ -90,16 +95,36 @@ class DirectoryLink:
         status = self._follower.state.status
         ended = status.lower() if status in ("FINISHED", "STOPPED", "FAILED") else None
         send(self.run, command, self.origin, ended)
-        return f"{command.verb} sent: the run takes it at its next batch"
+        return f"{command} sent: the run takes it at its next batch"
 
     def stop(self, reason: StopReason) -> None:
         self._reason = reason
         self._follower.stop()
 
 
+class CompareLink:
+    """Several runs side by side: the compare view reads their directories itself; this
+    link only keeps the app's worker waiting until the app leaves."""
+
+    leaving_stops_run = False
+
+    def __init__(self, runs: list[Path]) -> None:
+        self.runs = runs
+        self._left = threading.Event()
+
+    def start(self, on_event: OnEvent) -> StopReason:
+        self._left.wait()
+        return StopReason.LEFT
+
+    def send(self, command: Command) -> str:
+        raise CbamError("compare steers no run: attach to one with cbam-tui watch RUN")
+
+    def stop(self, reason: StopReason) -> None:
+        self._left.set()
+
+
 def replay_history(resume: Path, on_event: OnEvent) -> None:
     """A resumed run's dashboard starts from the run's whole story, not a blank screen."""
-    from core.errors import CbamError
     from core.rundir import EventReader, open_run
 
     if not resume.is_dir():

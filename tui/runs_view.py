@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
+import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from core.errors import ConfigError
 from core.rundir import RunInfo
 from core.state import fmt_seconds
 
@@ -44,3 +48,25 @@ def print_runs(runs: list[RunInfo], console: Console | None = None) -> None:
         if r.state in ("dead", "failed", "unreadable") or r.bad_lines:
             then = f"; continue it with cbam-tui run --resume {r.path}" if r.resumable else ""
             console.print(f"{escape(r.path.name)}: {escape(r.message)}{then}", soft_wrap=True)
+
+
+def prune_failed(root: Path, yes: bool) -> int:
+    """Remove the runs under ``root`` that failed before their first epoch, after asking."""
+    from core.rundir import list_runs, remove_run
+
+    doomed = [r for r in list_runs(root) if r.state == "failed" and r.epochs_done == 0]
+    if not doomed:
+        print(f"cbam-tui: no run under {root} failed before its first epoch")
+        return 0
+    for r in doomed:
+        print(f"  {r.path.name}: {r.message}")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("runs --prune asks before it removes anything: answer in a terminal, or add --yes")
+        if not typer.confirm(f"remove these {len(doomed)} run directories?", default=False):
+            print("cbam-tui: nothing removed")
+            return 1
+    for r in doomed:
+        remove_run(root, r.path.name)
+    print(f"cbam-tui: removed {len(doomed)} run director{'y' if len(doomed) == 1 else 'ies'}")
+    return 0

@@ -12,12 +12,16 @@ OWN_KEYS = (
     ("p / space", "pause, or resume, at the next batch boundary"),
     ("n", "end this stage now: evaluate, then start the next (asks on the last stage)"),
     ("s", "save a checkpoint now"),
+    ("l", "learning rates: scale them all (x0.5), set them (3e-4) or one group's (new 3e-4)"),
+    ("+ / -", "one epoch more / less in this stage"),
     ("q / ctrl+c", "quit: stops training with a checkpoint (asks while training)"),
 )
 ATTACHED_KEYS = (
     ("p / space", "pause, or resume, the run (through its control directory)"),
     ("n", "end the run's stage now (asks on the last stage)"),
     ("s", "have the run save a checkpoint"),
+    ("l", "the run's learning rates: x0.5, 3e-4, or one group's (new 3e-4)"),
+    ("+ / -", "one epoch more / less in the run's stage"),
     ("x", "stop the run, with a checkpoint (asks first)"),
     ("q / ctrl+c", "leave: the run goes on; come back with cbam-tui watch"),
 )
