@@ -59,7 +59,8 @@ def test_a_schedule_steps_every_batch_and_a_resume_gets_the_same_rates(tmp_path:
     assert rates[12] == pytest.approx((1e-2 * factor("warmup-cosine:20", 11, 12),))  # the stage's last batch
     assert rates[13] == pytest.approx((1e-3 * factor("warmup-cosine:20", 0, 6),) * 2)  # stage 2 starts over
     control = Control()
-    react = (lambda e: control.stop(StopReason.QUIT) if isinstance(e, BatchLogged) and e.global_step == 7 else None)
+    def react(e):
+        return (control.stop(StopReason.QUIT) if isinstance(e, BatchLogged) and e.global_step == 7 else None)
     _, first = train(tiny_config(tmp_path / "b", log_every=1, plan_opts=plan), react, control)
     _, second = train(tiny_config(tmp_path / "b", log_every=1, resume=str(first.run_dir)))
     resumed = {**lr_by_step(first), **lr_by_step(second)}
@@ -199,8 +200,8 @@ def test_resume_auto_goes_on_with_the_newest_unfinished_run_of_that_name(tmp_pat
 
 def test_runs_prune_removes_only_runs_that_failed_before_their_first_epoch(tmp_path: Path, capsys) -> None:
     from core.events import RunFailed
-    from tests.test_rundir import fake_run
     from tests.scripted import events
+    from tests.test_rundir import fake_run
 
     script = list(events(epochs=1, batches=4, log_every=2))
     root = tmp_path / "runs"
@@ -223,7 +224,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tensorboard_files_read_back_with_the_values_of_metrics_csv(tmp_path: Path, finished_run: Path, capsys) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    code, out, err = cli(capsys, "export", str(finished_run), "--tensorboard", str(tmp_path / "tb"))
+    code, _out, err = cli(capsys, "export", str(finished_run), "--tensorboard", str(tmp_path / "tb"))
     assert code == 0, err
     acc = EventAccumulator(str(tmp_path / "tb"))
     acc.Reload()
