@@ -7,6 +7,8 @@
 # 2. one CIFAR-10-sized epoch (50,000 images, data on the GPU): time and peak GPU memory
 # 3. the sync check: no host-device sync in the step loop except at log points
 # 4. torch.compile: compile time per stage and recompiles when requires_grad flips
+# 5. several processes: one epoch under the launcher (--nproc-per-node, NCCL) against
+#    one process on the same GPU, and --sync-bn (one GPU is enough; all of them are used)
 #
 # Budgeted for about 8 minutes on an H100/H200. --dry-run: tiny sizes on whatever
 # device there is (the test suite runs it on the CPU so it cannot rot).
@@ -53,4 +55,14 @@ else
     $PY bench/train_step.py "${STEP_ARGS[@]}" --batch-size 512 --repeats 1 --warmup 5 --steps 15
 fi
 $PY bench/gpu_check.py epoch sync compile --device "$DEVICE" $DRY
+echo "== 5. one process against --nproc-per-node (every GPU present, NCCL), one epoch of stage 3"
+NPROC=$($PY -c "import torch; print(max(1, torch.cuda.device_count()))")
+if [ -n "$DRY" ]; then
+    $PY bench/ddp.py --dry-run --device "$DEVICE"
+else
+    DDP_DATA=(--limit 20000)
+    if [ -n "$DATA" ]; then DDP_DATA+=(--data "$DATA"); fi
+    $PY bench/ddp.py "${DDP_DATA[@]}" --device cuda --nproc "$NPROC" --batch-size 256 --repeats 1
+    $PY bench/ddp.py "${DDP_DATA[@]}" --device cuda --nproc "$NPROC" --batch-size 256 --repeats 1 --sync-bn
+fi
 echo "== done"

@@ -2,13 +2,16 @@
 
 Every op draws its own parameters per image from the generator it is given, so
 the same generator state gives the same batch (reproducible runs, exact resume).
-Inputs are float images in [0, 1], shape B x 3 x H x W.
+A process that augments only its share of a batch (one rank of several) draws for
+the whole batch and keeps its slice (`Draw`), so each image is augmented the same
+whatever the number of processes. Inputs are float images in [0, 1], B x 3 x H x W.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,16 +23,39 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
 
 
-def _uniform(n: int, low: float, high: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=device) * (high - low) + low
+@dataclass(frozen=True)
+class Draw:
+    """Per-image random numbers for images ``start`` .. of a batch of ``total`` (None: all)."""
+
+    g: torch.Generator
+    start: int = 0
+    total: int | None = None
+
+    def rand(self, n: int, device: torch.device) -> torch.Tensor:
+        return torch.rand(self.total or n, generator=self.g, device=device)[self.start : self.start + n]
+
+    def randint(self, high: int, n: int, device: torch.device) -> torch.Tensor:
+        every = torch.randint(0, high, (self.total or n,), generator=self.g, device=device)
+        return every[self.start : self.start + n]
 
 
-def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tensor:
+Random = torch.Generator | Draw
+
+
+def _draw(g: Random) -> Draw:
+    return g if isinstance(g, Draw) else Draw(g)
+
+
+def _uniform(n: int, low: float, high: float, g: Random, device: torch.device) -> torch.Tensor:
+    return _draw(g).rand(n, device) * (high - low) + low
+
+
+def random_crop(x: torch.Tensor, padding: int, g: Random) -> torch.Tensor:
     """RandomCrop(size, padding) with zero fill: each image shifted by its own offset."""
     b, _, h, w = x.shape
     padded = F.pad(x, (padding, padding, padding, padding))
-    oy = torch.randint(0, 2 * padding + 1, (b,), generator=g, device=x.device)
-    ox = torch.randint(0, 2 * padding + 1, (b,), generator=g, device=x.device)
+    oy = _draw(g).randint(2 * padding + 1, b, x.device)
+    ox = _draw(g).randint(2 * padding + 1, b, x.device)
     rows = oy[:, None] + torch.arange(h, device=x.device)
     cols = ox[:, None] + torch.arange(w, device=x.device)
     batch = torch.arange(b, device=x.device)[:, None, None]
@@ -37,8 +63,8 @@ def random_crop(x: torch.Tensor, padding: int, g: torch.Generator) -> torch.Tens
     return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
-def random_flip(x: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], generator=g, device=x.device) < p
+def random_flip(x: torch.Tensor, g: Random, p: float = 0.5) -> torch.Tensor:
+    flip = _draw(g).rand(x.shape[0], x.device) < p
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
@@ -48,7 +74,7 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 
 def color_jitter(
-    x: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float, g: torch.Generator
+    x: torch.Tensor, brightness: float, contrast: float, saturation: float, hue: float, g: Random
 ) -> torch.Tensor:
     """ColorJitter with torchvision's formulas and per-image factors.
 
@@ -87,7 +113,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return v.unsqueeze(1) - v.unsqueeze(1) * s.unsqueeze(1) * ramp
 
 
-def random_rotation(x: torch.Tensor, degrees: float, g: torch.Generator) -> torch.Tensor:
+def random_rotation(x: torch.Tensor, degrees: float, g: Random) -> torch.Tensor:
     """RandomRotation(degrees): nearest-neighbour, zero fill, about the centre."""
     n = x.shape[0]
     angle = _uniform(n, -degrees, degrees, g, x.device) * (math.pi / 180)
@@ -108,7 +134,7 @@ class Augmenter:
         self.mean = torch.tensor(MEAN, device=device, dtype=dtype)[None, :, None, None]
         self.std = torch.tensor(STD, device=device, dtype=dtype)[None, :, None, None]
         self.dtype = dtype
-        self.ops: list[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = []
+        self.ops: list[Callable[[torch.Tensor, Random], torch.Tensor]] = []
         if kind in ("seed", "flip-crop"):
             self.ops += [lambda x, g: random_crop(x, 4, g), random_flip]
         if kind == "seed":
@@ -117,10 +143,12 @@ class Augmenter:
                 lambda x, g: random_rotation(x, 15.0, g),
             ]
 
-    def train(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def train(self, images: torch.Tensor, g: torch.Generator, start: int = 0, total: int | None = None) -> torch.Tensor:
+        """Augment ``images``, images ``start`` .. of a batch of ``total`` (default: all of it)."""
         x = images.to(self.dtype) / 255.0
+        draw = Draw(g, start, total)
         for op in self.ops:
-            x = op(x, g)
+            x = op(x, draw)
         return (x - self.mean) / self.std
 
     def test(self, images: torch.Tensor) -> torch.Tensor:

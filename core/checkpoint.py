@@ -39,6 +39,17 @@ class Position:
     epoch: int
     batch: int = 0
     trained: bool = False
+    offset: int = 0  # images of the epoch's order before its first batch (after a change of world size)
+
+    def images(self, global_batch: int) -> int:
+        """Images of the epoch's order done at this position (batches before the last are full)."""
+        return self.offset + self.batch * global_batch
+
+    def regrouped(self, before: int, after: int) -> Position:
+        """The same place in the epoch's order, in batches of ``after`` images instead of ``before``:
+        the rest of the epoch is cut from where the last batch ended, so no image is seen twice."""
+        done = self.images(before)
+        return Position(self.stage, self.epoch, done // after, self.trained, done % after)
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -170,6 +181,11 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
         raise bad("its position is not a stage, epoch and batch")
     if not isinstance(pos.get("trained"), bool):
         raise bad("its position does not say whether the epoch was trained")
+    if not (_is_int(pos.get("offset", 0)) and pos.get("offset", 0) >= 0):
+        raise bad("its position's offset is not a whole number")
+    for key in ("global_batch", "world_size"):
+        if key in ckpt and not (_is_int(ckpt[key]) and ckpt[key] > 0):
+            raise bad(f"its {key} is not a positive whole number")
     sums = ckpt["sums"]
     if not (isinstance(sums, dict) and _is_num(sums.get("loss_sum")) and _is_int(sums.get("correct"))
             and _is_int(sums.get("seen"))):

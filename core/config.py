@@ -42,6 +42,8 @@ class RunConfig:
     plan: Plan = field(default_factory=default_plan)
     # loop
     batch_size: int = 64  # per process
+    nproc_per_node: int = 1  # training processes launched on this machine
+    sync_bn: bool = False  # SyncBatchNorm across the processes (CUDA)
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
@@ -108,6 +110,7 @@ def validate(config: RunConfig, resuming: bool = False) -> None:
         raise ConfigError(f"unknown --precision {config.precision!r}: choose one of {', '.join(PRECISIONS)}")
     for flag, value, low, high in (
         ("--batch-size", config.batch_size, 1, MAX_BATCH),
+        ("--nproc-per-node", config.nproc_per_node, 1, 1024),
         ("--log-every", config.log_every, 1, 1 << 30),
         ("--image-size", config.image_size, 8, 512),
         ("--limit-train", config.limit_train, 2, 1 << 40),
@@ -181,7 +184,7 @@ def parse_device(text: str) -> str:
 # run_dir say where.
 RESUMABLE = (
     "download", "cache_dir", "device", "precision", "compile", "log_every", "on_nonfinite",
-    "runs_root", "run_dir", "group_control",
+    "runs_root", "run_dir", "group_control", "nproc_per_node", "sync_bn",
 )
 
 

@@ -38,7 +38,7 @@ class Control:
         elif verb == "save":
             self.save()
         else:
-            self.stop(StopReason.COMMAND)
+            self.stop(command.stop_reason())
 
     def pause(self) -> None:
         with self._wake:

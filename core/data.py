@@ -420,18 +420,21 @@ def epoch_generator(seed: int, epoch: int, batch: int | None, device: torch.devi
     return torch.Generator(device=device).manual_seed(mix % (2**63 - 1))
 
 
-def batch_indices(n: int, batch_size: int, seed: int, epoch: int, device: torch.device) -> list[torch.Tensor]:
-    """The epoch's shuffled batches of indices. The last, smaller batch is kept, except
-    that a last batch of one image joins the one before it: BatchNorm in train mode
-    needs two values per channel, and a run must be able to reach its end."""
+def batch_indices(
+    n: int, batch_size: int, seed: int, epoch: int, device: torch.device, start: int = 0, smallest: int = 2
+) -> list[torch.Tensor]:
+    """The epoch's shuffled batches of indices, from image ``start`` of its order on. The
+    last, smaller batch is kept, except that one of fewer than ``smallest`` images joins
+    the one before it: BatchNorm in train mode needs two values per channel (on each of
+    several processes, so ``smallest`` is 2 x their number), and a run must reach its end."""
     perm = torch.randperm(n, generator=epoch_generator(seed, epoch, None, device), device=device)
-    chunks = list(torch.split(perm, batch_size))
-    if len(chunks) > 1 and len(chunks[-1]) == 1:
+    chunks = list(torch.split(perm[start:], batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) < smallest:
         chunks[-2:] = [torch.cat(chunks[-2:])]
     return chunks
 
 
-def count_batches(n: int, batch_size: int) -> int:
+def count_batches(n: int, batch_size: int, smallest: int = 2) -> int:
     """How many batches `batch_indices` cuts ``n`` images into."""
     full, rest = divmod(n, batch_size)
-    return full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
+    return full + (1 if rest >= smallest or (rest and full == 0) else 0)

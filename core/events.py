@@ -368,6 +368,7 @@ class CommandTaken(Event):
     global_step: int = 0  # the step at whose end it took effect
     value: str = ""  # lr: "3e-4" or "x0.5"; epochs: "+2"
     group: str = ""  # lr: the one group it is for, if not all
+    rank_steps: tuple[int, ...] = ()  # several processes: the step at which each rank applied it
 
 
 @dataclass(frozen=True)

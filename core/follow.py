@@ -37,12 +37,18 @@ class Follower:
         self.poll_s = poll_s
         self.state = RunState(keep_losses=False)  # how far the events have come, and how they ended
         self._stop = threading.Event()
+        self._final = False
         self._watching: tuple[bool, str] | None = None
         self._reported_dead = False
         self._live_seen: tuple[Event | None, Event | None] = (None, None)
 
     def stop(self) -> None:
         """Stop following (the dashboard is leaving); the run goes on."""
+        self._stop.set()
+
+    def finish(self) -> None:
+        """Stop following once everything written so far has been read (the run's processes ended)."""
+        self._final = True
         self._stop.set()
 
     def run(self) -> None:
@@ -57,6 +63,8 @@ class Follower:
                     self._check_owner(run, reader)
                 self._live(run)
                 changes.wait(WAIT_S if changes.active else self.poll_s)
+            if self._final:
+                self._drain(reader, final=True)
 
     def _drain(self, reader: EventReader, final: bool = False) -> None:
         for event, t in reader.read(final):

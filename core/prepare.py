@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,12 +19,15 @@ from core.checkpoint import Position
 from core.config import RunConfig, merge_resume, parse_classes, validate
 from core.data import Dataset, DataSpec, count_batches, load_data
 from core.device import autocast, prefers_channels_last, resolve_device, resolve_precision
-from core.errors import CheckpointError
+from core.errors import CheckpointError, ConfigError
 from core.events import EpochEnded, LayerRow, Loading
 from core.meter import Sums
 from core.model import ResNet18CBAM, build_model
 from core.rundir import RunDir
 from core.tree import summarize
+
+if TYPE_CHECKING:
+    from core.dist import Group
 
 
 @dataclass
@@ -63,11 +66,19 @@ class Setup:
     test_y: torch.Tensor
     restored: Restored | None = None
     rundir: RunDir | None = field(default=None, repr=False)
+    world: int = 1  # training processes; a batch of the loop is batch_size x world images
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.batch_size * self.world
 
 
-def prepare(config: RunConfig, emit: Callable[[Loading], None], rundir: RunDir | None = None) -> Setup:
+def prepare(
+    config: RunConfig, emit: Callable[[Loading], None], rundir: RunDir | None = None, group: Group | None = None
+) -> Setup:
     """Everything a Trainer needs; ``rundir`` when the caller already holds the run
-    (a detached child). Raises CbamError with one sentence for anything a user can fix."""
+    (a detached child, rank 0 of a launched group). With a ``group``, only rank 0 claims
+    a run directory. Raises CbamError with one sentence for anything a user can fix."""
     saved: dict[str, Any] | None = None
     if config.resume:
         path = ckpt_mod.find_checkpoint(Path(config.resume))
@@ -77,7 +88,12 @@ def prepare(config: RunConfig, emit: Callable[[Loading], None], rundir: RunDir |
             raise CheckpointError(f"the run in {config.resume} has already finished every stage; nothing to resume")
     else:
         validate(config)
-    device = resolve_device(config.device)
+    world = group.world if group else 1
+    if config.sync_bn and group is None:
+        raise ConfigError("--sync-bn needs several processes (--nproc-per-node N, torchrun or srun)")
+    device = group.device if group else resolve_device(config.device)
+    if config.sync_bn and device.type != "cuda":
+        raise ConfigError("--sync-bn needs CUDA GPUs: SyncBatchNorm has no CPU implementation")
     precision = resolve_precision(config.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -88,13 +104,21 @@ def prepare(config: RunConfig, emit: Callable[[Loading], None], rundir: RunDir |
         config.limit_train, config.limit_test, config.seed, config.cache_dir,
         parse_classes(config.classes) if config.classes else (),
     )
+    if group is not None and not group.leader:
+        group.from_leader(None)  # rank 0 fills the decoded-image cache; the others read it after
     data = load_data(spec, lambda m, d, t: emit(Loading(m, d, t)))
+    if group is not None and group.leader:
+        group.from_leader(None)
+    if len(data.train) < 2 * world:
+        raise ConfigError(f"{len(data.train)} training images cannot be shared by {world} processes (2 each at least)")
 
     emit(Loading("building the model"))
     torch.manual_seed(config.seed)
     model = build_model(len(data.classes), "none" if saved else config.weights)
     model.frozen_bn = config.plan.frozen_bn
-    restored = _restore(saved, model, data, config) if saved is not None else None
+    restored = _restore(saved, model, data, config, world) if saved is not None else None
+    if config.sync_bn:  # BatchNorm layers in train mode compute their statistics over every process
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]  # in place
     rows = summarize(model, config.image_size)
     model.to(device)
     channels_last = prefers_channels_last(device)
@@ -107,11 +131,14 @@ def prepare(config: RunConfig, emit: Callable[[Loading], None], rundir: RunDir |
     setup = Setup(
         config=config, device=device, precision=precision, autocast=autocast(device, precision),
         channels_last=channels_last, data=data, model=model, step_model=step_model,
-        augment=Augmenter(config.augment, device), batches_per_epoch=count_batches(len(data.train), config.batch_size),
+        augment=Augmenter(config.augment, device),
+        batches_per_epoch=count_batches(len(data.train), config.batch_size * world, 2 * world),
         rows=rows, train_x=_place(data.train.images, device), train_y=_place(data.train.labels, device),
         test_x=_place(data.test.images, device), test_y=_place(data.test.labels, device), restored=restored,
+        world=world,
     )
-    setup.rundir = rundir or _claim_run_dir(config, restored)
+    if group is None or group.leader:
+        setup.rundir = rundir or _claim_run_dir(config, restored)
     return setup
 
 
@@ -125,7 +152,7 @@ def _claim_run_dir(config: RunConfig, restored: Restored | None) -> RunDir:
     return RunDir.create(Path(config.runs_root), config.name, config.group_control)
 
 
-def _restore(saved: dict[str, Any], model: ResNet18CBAM, data: Dataset, config: RunConfig) -> Restored:
+def _restore(saved: dict[str, Any], model: ResNet18CBAM, data: Dataset, config: RunConfig, world: int) -> Restored:
     path = Path(str(config.resume))
     classes = saved["classes"]
     if list(classes) != list(data.classes):
@@ -142,9 +169,13 @@ def _restore(saved: dict[str, Any], model: ResNet18CBAM, data: Dataset, config: 
     pos = saved["position"]
     sums = saved["sums"]
     torch.set_rng_state(saved["rng"])
+    position = Position(pos["stage"], pos["epoch"], pos["batch"], pos["trained"], pos.get("offset", 0))
+    before = saved.get("global_batch") or saved["config"].batch_size
+    if position.batch and not position.trained and before != config.batch_size * world:
+        position = position.regrouped(before, config.batch_size * world)  # another number of processes
     return Restored(
         path=path,
-        position=Position(pos["stage"], pos["epoch"], pos["batch"], pos["trained"]),
+        position=position,
         sums=Sums(float(sums["loss_sum"]), sums["correct"], sums["seen"]),
         best_acc=float(saved["best_acc"]),
         best_epoch=saved["best_epoch"],

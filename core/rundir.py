@@ -114,6 +114,7 @@ _EXIT_CODES = {
 
 # --- commands: the inbox's messages ------------------------------------------------
 
+STOP_VALUES = ("quit", "SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1")  # why a launcher stops its ranks
 VERBS = ("pause", "resume", "next", "save", "stop", "lr", "epochs")
 MAX_LR = 10.0
 MAX_EPOCH_CHANGE = 10_000
@@ -140,6 +141,8 @@ class Command:
             self.lr_change()
         elif self.verb == "epochs":
             self.epoch_change()
+        elif self.verb == "stop" and self.value:
+            self.stop_reason()
         elif self.value or self.group:
             raise ConfigError(f"{self.verb} takes no value")
         if self.group and (self.verb != "lr" or not _GROUP.fullmatch(self.group)):
@@ -163,6 +166,14 @@ class Command:
         if not (text[:1] in "+-" and text[1:].isdigit() and 0 < int(text[1:]) <= MAX_EPOCH_CHANGE):
             raise ConfigError(f"epochs takes +N or -N (like +2), not {clean_text(text)!r}")
         return int(text)
+
+    def stop_reason(self) -> StopReason:
+        """stop: why a launcher stops its ranks (``SIGUSR1``: checkpoint and requeue), else a command."""
+        if not self.value:
+            return StopReason.COMMAND
+        if self.value not in STOP_VALUES:
+            raise ConfigError(f"stop takes no value or one of {', '.join(STOP_VALUES)}, not {clean_text(self.value)!r}")
+        return StopReason(self.value)
 
     def __str__(self) -> str:
         return " ".join(x for x in (self.verb, self.value, f"(group {self.group})" if self.group else "") if x)
@@ -425,6 +436,24 @@ class RunDir:
         claimed.locked_at_ns = locked_at_ns
         claimed._write_pid()
         return claimed
+
+    @classmethod
+    def join(cls, path: Path, owner_pid: int, locked_at_ns: int, group: bool = False) -> RunDir:
+        """The run that the launcher of several training processes holds (``--nproc-per-node``):
+        rank 0 writes it while the launcher keeps the lock, so the run is live exactly as
+        long as the launcher, which is also what reports a rank that died."""
+        run = open_run(path)
+        owner = probe_owner(run)
+        if not owner.alive or owner.pid != owner_pid:
+            run.close()
+            raise RunDirError(f"run directory {path} is not held by its launcher (pid {owner_pid})")
+        try:
+            joined = cls(run, -1, group)
+        except OSError as exc:
+            run.close()
+            raise RunDirError(f"cannot write to run directory {path}: {exc.strerror or exc}") from None
+        joined.locked_at_ns = locked_at_ns
+        return joined
 
     def hand_over(self, pid: int) -> None:
         """Leave the run to a child that inherited the lock; this process lets go of it."""

@@ -7,6 +7,13 @@ Hot-path rules: no host sync per batch (losses and correct counts stay on the
 device in an EpochMeter and are read at log points and at most once a second),
 batches are index slices of a uint8 tensor already on the device, augmentation
 is batched tensor ops.
+
+Several processes (a `Group`): each trains on its slice of every global batch
+(batch_size x world images) under DistributedDataParallel, wrapped again at each
+stage since the trainable set changes; rank 0 alone writes the run directory and
+reads its inbox; the steering every rank obeys is the Coordinator's agreed Control,
+changed at exchanges that all ranks make at the same step. The loss sums are added
+up over the ranks at the same points where one process reads them.
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ from core.attention import attention_maps, pick_images
 from core.checkpoint import Position
 from core.config import RunConfig
 from core.control import Control
-from core.data import batch_indices, epoch_generator
+from core.data import batch_indices, count_batches, epoch_generator
 from core.device import describe
+from core.dist import PAUSED_SYNC_S, Coordinator, Group
 from core.errors import CbamError
 from core.events import (
     AttentionMaps,
@@ -103,7 +111,7 @@ class EpochRun:
     step_s: float = 0.0
 
     def here(self) -> Position:
-        return Position(self.position.stage, self.position.epoch, self.batch)
+        return Position(self.position.stage, self.position.epoch, self.batch, offset=self.position.offset)
 
     def pause(self, seconds: float) -> None:
         self.clock.add_pause(seconds)
@@ -111,11 +119,17 @@ class EpochRun:
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, emit: Emit, control: Control | None = None, rundir: RunDir | None = None):
+    def __init__(
+        self, config: RunConfig, emit: Emit, control: Control | None = None, rundir: RunDir | None = None,
+        group: Group | None = None,
+    ):
         self.config = config
         self._consumer = emit
-        self.control = control or Control()
+        self.control = control or Control()  # what this process is asked (keys, signals)
         self.rundir = rundir
+        self.group = group
+        self.coord = Coordinator(group, self.control) if group is not None else None
+        self.steer = self.coord.agreed if self.coord else self.control  # what the loop obeys
         self.s: Setup | None = None
         self.inbox: Inbox | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -137,10 +151,11 @@ class Trainer:
         CbamError (one sentence) or the unexpected exception on failure."""
         self._clock = Clock()
         try:
-            self.s = prepare(self.config, self._emit, self.rundir)
+            self.s = prepare(self.config, self._emit, self.rundir, self.group)
             self.rundir, self.config = self.s.rundir, self.s.config
-            self.monitor = SystemMonitor(self._emit, self.s.device if self.s.device.type == "cuda" else None)
-            self.monitor.start()
+            if self.leader:  # the machine of rank 0 (with its GPU), where the run directory is
+                self.monitor = SystemMonitor(self._emit, self.s.device if self.s.device.type == "cuda" else None)
+                self.monitor.start()
             self._start()
             return self._loop()
         except CbamError as exc:
@@ -164,6 +179,10 @@ class Trainer:
             if self.rundir is not None:
                 self.rundir.close()
 
+    @property
+    def leader(self) -> bool:
+        return self.group is None or self.group.leader
+
     def _emit(self, event: Event) -> None:
         if self.rundir is not None:
             try:
@@ -183,19 +202,21 @@ class Trainer:
     # --- the run -----------------------------------------------------------------
     def _start(self) -> None:
         s = self._setup
-        cfg, rundir, r = s.config, self._rundir, s.restored
+        cfg, rundir, r = s.config, self.rundir, s.restored  # rundir: None on ranks other than 0
         if r is not None:
             self.history = list(r.history)
             self.best_acc, self.best_epoch, self.global_step = r.best_acc, r.best_epoch, r.global_step
             self.last_acc = r.history[-1].test_acc if r.history else 0.0
-            for missing in rundir.reconcile(self.history):  # a kill between a checkpoint and its event
-                self._consumer(missing)
-        rundir.write_config({**cfg.to_dict(), "classes": list(s.data.classes)})
+            for missing in rundir.reconcile(self.history) if rundir else ():
+                self._consumer(missing)  # a kill between a checkpoint and its event
         self._attention_ids = pick_images(s.test_y, len(s.data.classes))
-        self.inbox = Inbox(rundir, self._on_command)
         self.scaler = torch.amp.GradScaler(s.device.type, enabled=s.precision == "fp16")
         if r is not None and r.scaler:
             self.scaler.load_state_dict(r.scaler)
+        if rundir is None:
+            return
+        rundir.write_config({**cfg.to_dict(), "classes": list(s.data.classes)})
+        self.inbox = Inbox(rundir, self.coord.take if self.coord else self._on_command)
         plan, start = cfg.plan, r.position if r else Position(0, 1)
         self._emit(
             RunStarted(
@@ -207,7 +228,7 @@ class Trainer:
                 total_params=sum(p.numel() for p in s.model.parameters()), model_rows=tuple(s.rows),
                 config=cfg.to_dict(), skipped_files=s.data.skipped, resumed_from=cfg.resume,
                 start_stage=start.stage + 1, start_epoch=start.epoch, start_batch=start.batch,
-                global_step=self.global_step,
+                global_step=self.global_step, world_size=s.world,
             )
         )
 
@@ -243,7 +264,7 @@ class Trainer:
     def _write_curves(self) -> None:
         """curves.png in the run directory, when matplotlib is installed; a finished run
         stays finished whatever happens here."""
-        if importlib.util.find_spec("matplotlib") is None:
+        if self.rundir is None or importlib.util.find_spec("matplotlib") is None:
             return
         from core.export import png
 
@@ -288,7 +309,8 @@ class Trainer:
             stages = list(cfg.plan.stages)
             stages[si] = dataclasses.replace(stage, epochs=epochs)
             self._setup.config = self.config = cfg.replace(plan=dataclasses.replace(cfg.plan, stages=tuple(stages)))
-            self._rundir.write_config({**self.config.to_dict(), "classes": list(self._setup.data.classes)})
+            if self.rundir is not None:
+                self.rundir.write_config({**self.config.to_dict(), "classes": list(self._setup.data.classes)})
         plan = self._setup.config.plan
         first, last = plan.epoch_range(si)
         self._emit(PlanChanged(origin, si + 1, epochs, first, last, plan.total_epochs, note))
@@ -308,6 +330,8 @@ class Trainer:
                 self.base_lrs = list(r.base_lrs)
         self.opt_stage = si
         s.model.train()
+        if self.coord is not None:
+            self._wrap(s)
         group_of = {id(p): g for g, ps in groups for p in ps}
         trainable = {n: p.numel() for n, p in s.model.named_parameters() if p.requires_grad}
         first, last = plan.epoch_range(si)
@@ -326,6 +350,16 @@ class Trainer:
             )
         )
 
+    def _wrap(self, s: Setup) -> None:
+        """DistributedDataParallel over this stage's trainable set: built again at each
+        stage (it registers the parameters that need gradients when it is made), which
+        also hands every rank rank 0's weights and buffers."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [s.device.index] if s.device.type == "cuda" else None
+        ddp = DistributedDataParallel(s.model, device_ids=ids, gradient_as_bucket_view=True)
+        s.step_model = torch.compile(ddp) if s.config.compile else ddp  # type: ignore[assignment]
+
     def _module_state(self, name: str, group_of: dict[int, Any]) -> ModuleState:
         model = self._setup.model
         path = MODULES[name]
@@ -343,11 +377,14 @@ class Trainer:
 
     def _epoch(self, pos: Position) -> str | StopReason:
         """Train the epoch from ``pos`` (unless only its evaluation is left), then end it."""
-        r = self._setup.restored
-        sums = r.sums if r is not None and self.global_step == r.global_step and pos == r.position else Sums()
-        self.epoch = EpochRun(pos, EpochMeter(self._setup.device, sums), first_seen=sums.seen, batch=pos.batch)
-        self.epoch.log_seen = sums.seen
-        cut = pos.batch < self._setup.batches_per_epoch
+        s = self._setup
+        r = s.restored
+        continued = r is not None and self.global_step == r.global_step and pos == r.position
+        sums = r.sums if continued and self.leader and r is not None else Sums()  # rank 0 holds the totals so far
+        reduce, world = (self.group.sum, self.group.world) if self.coord and self.group else (None, 1)
+        self.epoch = EpochRun(pos, EpochMeter(s.device, sums, reduce, world), first_seen=sums.seen, batch=pos.batch)
+        self.epoch.log_seen = r.sums.seen if continued and r is not None else 0
+        cut = pos.batch < self._batches(pos)
         if not pos.trained:
             outcome = self._train(self.epoch)
             if isinstance(outcome, StopReason):
@@ -355,14 +392,22 @@ class Trainer:
             cut = outcome == _NEXT
         return self._end_epoch(self.epoch, cut)
 
+    def _batches(self, pos: Position) -> int:
+        """Batches in the epoch of ``pos``: fewer in one cut from an offset (a change of world size)."""
+        s = self._setup
+        if not pos.offset:
+            return s.batches_per_epoch
+        return count_batches(len(s.train_y) - pos.offset, s.global_batch, 2 * s.world)
+
     def _train(self, ep: EpochRun) -> str | StopReason:
         s = self._setup
         cfg, dev, model, opt, scaler = s.config, s.device, s.step_model, self.optimizer, self.scaler
         assert opt is not None and scaler is not None, "a stage builds the optimizer before its epochs"
-        si, epoch = ep.position.stage, ep.position.epoch
-        n = s.batches_per_epoch
+        si, epoch, offset = ep.position.stage, ep.position.epoch, ep.position.offset
+        world = s.world
         s.model.train()
-        batches = batch_indices(len(s.train_y), cfg.batch_size, cfg.seed, epoch, s.train_y.device)
+        batches = batch_indices(len(s.train_y), s.global_batch, cfg.seed, epoch, s.train_y.device, offset, 2 * world)
+        n = len(batches)
         t_progress = t_drain = 0.0
         for b in range(ep.batch, n):
             signal = self._boundary(ep)
@@ -370,11 +415,14 @@ class Trainer:
                 ep.train_seconds = ep.clock.elapsed()
                 return self._stop(ep.here(), ep) if signal == "stop" else _NEXT
             t0 = time.perf_counter()
-            self._rates_at(si, epoch, b)
-            idx = batches[b]
+            self._rates_at(si, epoch, b + offset // s.global_batch)
+            idx, first, total = batches[b], 0, None
+            if self.group is not None and world > 1:  # this rank's slice of the global batch
+                first, last = self.group.shard(len(idx))
+                idx, total = idx[first:last], len(idx)
             x = s.train_x[idx.to(s.train_x.device)].to(dev, non_blocking=True)
             y = s.train_y[idx.to(s.train_y.device)].to(dev, non_blocking=True)
-            x = s.augment.train(x, epoch_generator(cfg.seed, epoch, b, dev))
+            x = s.augment.train(x, epoch_generator(cfg.seed, epoch, b, dev), first, total)
             if s.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             t1 = time.perf_counter()
@@ -393,12 +441,14 @@ class Trainer:
             ep.batch = b + 1
             now = time.perf_counter()
             ep.data_s, ep.step_s = ep.data_s + t1 - t0, ep.step_s + now - t0
-            if now - t_progress >= PROGRESS_EVERY_S:  # host-side counters only: no sync
+            if now - t_progress >= PROGRESS_EVERY_S and self.leader:  # host-side counters only: no sync
                 t_progress = now
-                ips = (ep.meter.seen - ep.first_seen) / ep.clock.elapsed()
+                ips = (ep.meter.seen - ep.first_seen) * world / ep.clock.elapsed()  # the ranks keep step
                 self._emit(Progress(si + 1, epoch, ep.batch, n, ips, ep.data_s / max(ep.step_s, 1e-9)))
                 ep.data_s = ep.step_s = 0.0
-            if line or now - t_drain >= DRAIN_EVERY_S:
+            # A group reads its losses (a collective) at steps every rank knows: the exchanges'.
+            due = self.coord.due(self.global_step) if self.coord else now - t_drain >= DRAIN_EVERY_S
+            if line or due:
                 t_drain = now
                 if not self._drain(ep, line):
                     return self._on_nonfinite(ep)
@@ -425,11 +475,12 @@ class Trainer:
         if not all(math.isfinite(v) for v in losses):
             return False
         if line and ep.meter.window_batches:
-            seen = ep.meter.seen
+            mean = ep.meter.take_window()
+            sums = ep.meter.host()
+            seen = sums.seen
             ips = (seen - ep.log_seen) / ep.log_clock.elapsed()
             ep.log_clock, ep.log_seen = Clock(), seen
-            mean = ep.meter.take_window()
-            avg = ep.meter.loss_sum.item() / max(seen, 1)
+            avg = sums.loss_sum / max(seen, 1)
             plan = self._setup.config.plan
             assert self.optimizer is not None
             lrs = tuple(float(g["lr"]) for g in self.optimizer.param_groups)
@@ -437,27 +488,28 @@ class Trainer:
             self._emit(
                 BatchLogged(
                     ep.position.stage + 1, ep.position.epoch, plan.total_epochs, ep.batch,
-                    self._setup.batches_per_epoch, mean, avg, ips, self.global_step, lrs, norms,
+                    self._batches(ep.position), mean, avg, ips, self.global_step, lrs, norms,
                 )
             )
         return True
 
     def _boundary(self, ep: EpochRun, pause_reason: str = "user") -> str | None:
-        """Obey the Control (and the inbox) at a batch boundary: "stop", "next", or None to go on."""
+        """Obey the steering (and the inbox) at a batch boundary: "stop", "next", or None to go on."""
+        steer = self.steer
         paused_at: float | None = None
         try:
             while True:
-                if self.inbox is not None:
-                    self.inbox.poll(force=paused_at is not None)  # paused, nothing else costs a thing
-                if self.control.stop_reason is not None:
+                if not self._take_commands(waiting=paused_at is not None):
+                    return None  # a group between its exchanges: nothing can have changed
+                if steer.stop_reason is not None:
                     return "stop"
-                if self.control.take_save():
+                if steer.take_save():
                     self._save(ep.here(), ep.meter.host(), "save")
-                for command, origin in self.control.take_changes():
+                for command, origin in steer.take_changes():
                     self._change(command, origin, ep)
-                if self.control.take_next_stage():
+                if steer.take_next_stage():
                     return "next"
-                if not self.control.paused:
+                if not steer.paused:
                     if paused_at is not None:
                         here = ep.here()
                         self._emit(Resumed(here.stage + 1, here.epoch, here.batch))
@@ -466,22 +518,40 @@ class Trainer:
                     paused_at = time.perf_counter()
                     here = ep.here()
                     self._emit(Paused(here.stage + 1, here.epoch, here.batch, pause_reason))
-                self.control.wait(PAUSED_POLL_S)
+                if self.coord is None:
+                    self.control.wait(PAUSED_POLL_S)
+                else:
+                    self.control.wait(PAUSED_SYNC_S)  # a signal here still waits for the exchange
         finally:
             if paused_at is not None:
                 ep.pause(time.perf_counter() - paused_at)
+
+    def _take_commands(self, waiting: bool) -> bool:
+        """Bring the steering up to date; False when it cannot have changed."""
+        if self.coord is None:
+            if self.inbox is not None:
+                self.inbox.poll(force=waiting)  # paused, nothing else costs a thing
+            return True
+        if not (waiting or self.coord.due(self.global_step)):
+            return False
+        if self.inbox is not None:
+            self.inbox.poll(force=True)  # the exchanges are few: read the inbox at each
+        commands, steps = self.coord.exchange(self.global_step)
+        for command, origin in commands:
+            self._emit(CommandTaken(command.verb, origin, self.global_step, command.value, command.group, steps))
+        return True
 
     def _on_nonfinite(self, ep: EpochRun) -> StopReason:
         self._nonfinite = True
         pos = ep.here()
         where = f"non-finite loss at epoch {pos.epoch}, batch {pos.batch}"
-        kept = str(self._rundir.checkpoint_path(LAST)) if self._rundir.has_checkpoint() else None
+        kept = str(self.rundir.checkpoint_path(LAST)) if self.rundir and self.rundir.has_checkpoint() else None
         if self._setup.config.on_nonfinite == "pause":
             # The weights are no longer finite: stay paused (resume and next stage would
             # train on garbage) until the person stops the run.
-            self.control.pause()
+            self.steer.pause()
             while self._boundary(ep, f"{where}; the last finite checkpoint is kept") != "stop":
-                self.control.pause()
+                self.steer.pause()
         self._emit(RunStopped(StopReason.NONFINITE, pos.stage + 1, pos.epoch, pos.batch, kept, where))
         return StopReason.NONFINITE
 
@@ -492,12 +562,12 @@ class Trainer:
         plan = s.config.plan
         si, epoch = ep.position.stage, ep.position.epoch
         first, last = plan.epoch_range(si)
-        trained = Position(si, epoch, ep.batch, trained=True)
+        trained = Position(si, epoch, ep.batch, True, ep.position.offset)
         result = self._evaluate(si, epoch)
         if result is None:
             return self._stop(trained, ep)
         test_loss, test_acc = result.loss, result.accuracy
-        attention = self._attention(si, epoch)
+        attention = self._attention(si, epoch) if self.leader else None
         sums = ep.meter.host()
         improved = test_acc > self.best_acc or self.best_epoch == 0
         record = EpochEnded(
@@ -511,19 +581,24 @@ class Trainer:
             self.best_acc, self.best_epoch = test_acc, epoch
         self.history.append(record)
         nxt = Position(si + 1, last + 1) if cut or epoch == last else Position(si, epoch + 1)
-        data = ckpt_mod.serialize(self._state(nxt, Sums()))
         written: list[tuple[str, str]] = []
-        try:
-            for name, reason in ((BEST, "best"), (LAST, "epoch")) if improved else ((LAST, "epoch"),):
-                faults.hit(f"epoch-end:before-{name}")
-                written.append((str(self._rundir.save_checkpoint(data, name)), reason))
-        except OSError as exc:
+        detail: str | None = None
+        if self.rundir is not None:
+            data = ckpt_mod.serialize(self._state(nxt, Sums()))
+            try:
+                for name, reason in ((BEST, "best"), (LAST, "epoch")) if improved else ((LAST, "epoch"),):
+                    faults.hit(f"epoch-end:before-{name}")
+                    written.append((str(self.rundir.save_checkpoint(data, name)), reason))
+            except OSError as exc:
+                detail = (
+                    f"could not save {self.rundir.checkpoint_path(name)}: {exc.strerror or exc} "
+                    f"(epoch {epoch}: test acc {test_acc:.2f}%, not kept)"
+                )
+        if self.coord is not None and self.group is not None:
+            detail = self.group.from_leader(detail)  # every rank stops if rank 0 could not keep the epoch
+        if detail is not None:
             self.history.pop()
             self.best_acc, self.best_epoch = best_before
-            detail = (
-                f"could not save {self._rundir.checkpoint_path(name)}: {exc.strerror or exc} "
-                f"(epoch {epoch}: test acc {test_acc:.2f}%, not kept)"
-            )
             return self._write_failed(trained, detail)
         faults.hit("epoch-end:before-event")
         for path, reason in written:
@@ -546,21 +621,23 @@ class Trainer:
         per_class = torch.zeros(2, classes, device=s.device, dtype=torch.long)  # correct, total
         confusion = torch.zeros(classes * classes if classes <= CONFUSION_MAX else 1, device=s.device, dtype=torch.long)
         n = len(s.test_y)
+        lo, hi = self.group.shard(n) if self.coord and self.group else (0, n)  # each rank its part, once
         self._emit(Evaluating(si + 1, epoch, 0, n))
         shown = time.perf_counter()
         with torch.inference_mode(), s.autocast():
-            for i in range(0, n, eval_batch):
+            for i in range(lo, hi, eval_batch):
                 if self.inbox is not None:
-                    self.inbox.poll()
-                if self.control.stop_reason is not None:
+                    self.inbox.poll()  # a group takes them at its next exchange
+                if self.coord is None and self.control.stop_reason is not None:
                     return None
                 if time.perf_counter() - shown >= PROGRESS_EVERY_S:
                     shown = time.perf_counter()
-                    self._emit(Evaluating(si + 1, epoch, i, n))
-                x = s.augment.test(s.test_x[i : i + eval_batch].to(s.device, non_blocking=True))
+                    self._emit(Evaluating(si + 1, epoch, (i - lo) * s.world, n))
+                j = min(i + eval_batch, hi)
+                x = s.augment.test(s.test_x[i:j].to(s.device, non_blocking=True))
                 if s.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                y = s.test_y[i : i + eval_batch].to(s.device, non_blocking=True)
+                y = s.test_y[i:j].to(s.device, non_blocking=True)
                 out = s.model(x).float()
                 loss_sum += F.cross_entropy(out, y, reduction="sum")
                 pred = out.argmax(1)
@@ -569,6 +646,9 @@ class Trainer:
                 if classes <= CONFUSION_MAX:
                     confusion += torch.bincount(y * classes + pred, minlength=classes * classes)
         s.model.train()
+        if self.coord is not None and self.group is not None:
+            for t in (loss_sum, per_class, confusion):
+                self.group.sum(t)
         counts = per_class.tolist()
         matrix = confusion.view(classes, classes).tolist() if classes <= CONFUSION_MAX else []
         return Evaluation(
@@ -601,7 +681,10 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "config": s.config.to_dict(),
             "classes": list(s.data.classes),
-            "position": {"stage": pos.stage, "epoch": pos.epoch, "batch": pos.batch, "trained": pos.trained},
+            "position": {
+                "stage": pos.stage, "epoch": pos.epoch, "batch": pos.batch, "trained": pos.trained,
+                "offset": pos.offset,
+            },
             "sums": sums.to_dict(),
             "best_acc": self.best_acc,
             "best_epoch": self.best_epoch,
@@ -609,6 +692,8 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "history": [e.to_dict() for e in self.history],
             "base_lrs": list(self.base_lrs),
+            "world_size": s.world,
+            "global_batch": s.global_batch,
         }
 
     def _save(self, pos: Position, sums: Sums, reason: str) -> str | None:
@@ -625,10 +710,13 @@ class Trainer:
         return str(path)
 
     def _stop(self, pos: Position, ep: EpochRun) -> StopReason:
-        reason = self.control.stop_reason or StopReason.QUIT
+        reason = self.steer.stop_reason or StopReason.QUIT
         if reason == StopReason.WRITE_FAILED:
             return self._write_failed(pos, self._write_error or "a write failed", ep)
-        path = self._save(pos, ep.meter.host(), "stop")
+        sums = ep.meter.host()  # on every rank: a collective in a group
+        if self.rundir is None:
+            return reason
+        path = self._save(pos, sums, "stop")
         if path is None:
             return self._write_failed(pos, f"{reason}: the checkpoint could not be saved")
         self._emit(RunStopped(reason, pos.stage + 1, pos.epoch, pos.batch, path))
@@ -636,13 +724,18 @@ class Trainer:
 
     def _write_failed(self, pos: Position, detail: str, ep: EpochRun | None = None) -> StopReason:
         """Stop, saying which checkpoint is the last good one (if any): never a claimed success."""
-        path = self._save(pos, ep.meter.host(), "stop") if ep is not None else None
-        if path is None and self.rundir is not None and self.rundir.has_checkpoint():
+        sums = ep.meter.host() if ep is not None else None  # on every rank: a collective in a group
+        if self.rundir is None:
+            return StopReason.WRITE_FAILED
+        path = self._save(pos, sums, "stop") if sums is not None else None
+        if path is None and self.rundir.has_checkpoint():
             path = str(self.rundir.checkpoint_path(LAST))
         self._emit(RunStopped(StopReason.WRITE_FAILED, pos.stage + 1, pos.epoch, pos.batch, path, detail))
         return StopReason.WRITE_FAILED
 
     def _save_on_failure(self) -> str | None:
+        if self.coord is not None:  # a rank may be gone mid-collective: keep the last complete checkpoint
+            return str(self.rundir.checkpoint_path(LAST)) if self.rundir and self.rundir.has_checkpoint() else None
         if self.epoch is None or self.s is None:
             return None
         try:

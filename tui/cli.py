@@ -72,7 +72,9 @@ def run(
     frozen_bn: Annotated[str, typer.Option(help="Frozen BatchNorm layers: train (stats update, as the seed) or eval.", rich_help_panel=PLAN)] = "train",
     moments: Annotated[str, typer.Option(help="Adam state of groups that train on at a stage switch: keep or fresh.", show_default="keep; fresh for --preset seed", rich_help_panel=PLAN)] = "keep",
     schedule: Annotated[str, typer.Option(help="Learning-rate shape within each stage, stepped per batch: constant, cosine, warmup-cosine[:W%] or onecycle.", rich_help_panel=PLAN)] = "constant",
-    batch_size: Annotated[int, typer.Option(help="Images per training batch.", rich_help_panel=LOOP)] = 64,
+    batch_size: Annotated[int, typer.Option(help="Images per training batch, per process.", rich_help_panel=LOOP)] = 64,
+    nproc_per_node: Annotated[int, typer.Option(help="Training processes on this machine (one per GPU with --device cuda; gloo on the CPU), launched with torch's elastic launcher. Learning rates are not rescaled.", rich_help_panel=LOOP)] = 1,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="With several processes on GPUs: BatchNorm layers in train mode use statistics over all of them.", rich_help_panel=LOOP)] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=LOOP)] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has it: CUDA, or a CPU with AVX512-BF16 or AMX; else fp32).", rich_help_panel=LOOP)] = "auto",
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.", rich_help_panel=LOOP)] = False,
@@ -100,10 +102,17 @@ def run(
         config, home = resume_config(values, given)
     else:
         config, home = new_config(values, given, from_defaults), None
+    from core.dist import in_job
     from tui import launch
 
-    if detach:
+    if in_job():
+        if nproc_per_node > 1 or detach:  # torchrun or srun started this process as one of several
+            raise ConfigError("--nproc-per-node and --detach do not apply under torchrun or srun, which start the processes")
+        code = launch.rank(config)
+    elif detach:
         code = launch.detach(config, home)
+    elif nproc_per_node > 1:
+        code = launch.group(config, home, show_dashboard=not headless and sys.stdout.isatty())
     elif headless or not sys.stdout.isatty():
         code = launch.headless(config)
     else:
@@ -192,6 +201,14 @@ def child(run_dir: Annotated[Path, typer.Argument()]) -> None:
     from tui import launch
 
     raise typer.Exit(launch.child(run_dir))
+
+
+@app.command("_rank", hidden=True)
+def rank(run_dir: Annotated[Path, typer.Argument()]) -> None:
+    """One training process of run --nproc-per-node (not for typing)."""
+    from tui import launch
+
+    raise typer.Exit(launch.launched_rank(run_dir))
 
 
 @app.command("summary")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.config import RunConfig
 from core.control import Control
@@ -18,6 +19,9 @@ from core.events import RunFailed, RunStarted
 from core.rundir import TRAIN_LOG, EventReader, RunDir, StopReason, inspect_run, read_config
 from core.state import FAILED, STOPPED, RunState, fmt_seconds
 from tui.signals import stop_on_signals
+
+if TYPE_CHECKING:
+    from tui.workers import Workers
 
 LOCK_FD_ENV = "CBAM_TUI_LOCK_FD"  # a detached child inherits its parent's lock on the run
 LOCKED_AT_ENV = "CBAM_TUI_LOCKED_AT"
@@ -112,18 +116,29 @@ def print_outcome(state: RunState, error: str | None) -> None:
 # --- detach: the same training in a process of its own ---------------------------
 
 
-def detach(config: RunConfig, home: Path | None) -> int:
-    """Claim the run here (so a bad option or a busy run fails in the foreground), hand
-    its lock to a headless child in a new session, and return once it trains."""
+def _claim(config: RunConfig, home: Path | None) -> RunDir:
+    """The run directory, claimed here so that a bad option or a busy run fails at once,
+    with the run's config written for the process that will train it."""
     if config.resume and home is not None:
         rundir = RunDir.open(home, config.group_control)
     elif config.run_dir:
         rundir = RunDir.create_at(Path(config.run_dir), config.group_control)
     else:
         rundir = RunDir.create(Path(config.runs_root), config.name, config.group_control)
-    run = rundir.path.resolve()
     try:
         rundir.write_config(config.to_dict())
+    except RunDirError:
+        rundir.close()
+        raise
+    return rundir
+
+
+def detach(config: RunConfig, home: Path | None) -> int:
+    """Claim the run here (so a bad option or a busy run fails in the foreground), hand
+    its lock to a headless child in a new session, and return once it trains."""
+    rundir = _claim(config, home)
+    run = rundir.path.resolve()
+    try:
         log = rundir.open_log()
     except OSError as exc:
         rundir.close()
@@ -193,4 +208,98 @@ def child(run: Path) -> int:
         rundir.write(RunFailed(str(exc)))
         rundir.close()
         raise
+    if config.nproc_per_node > 1:
+        return group(config, None, show_dashboard=False, rundir=rundir)
     return headless(config, rundir)
+
+
+# --- several training processes ------------------------------------------------------
+
+
+def group(config: RunConfig, home: Path | None, show_dashboard: bool, rundir: RunDir | None = None) -> int:
+    """--nproc-per-node N: launch the ranks and follow them, with the dashboard or as lines."""
+    from tui.workers import LaunchLink, Workers
+
+    rundir = rundir or _claim(config, home)
+    workers = Workers(rundir, config.nproc_per_node)
+    try:
+        if show_dashboard:
+            from tui.app import make_app
+
+            link = LaunchLink(workers)
+            app = make_app(link)
+            with stop_on_signals(link.stop):
+                app.run()
+            print_outcome(app.state, app.error)
+            return app.exit_code
+        return _group_lines(workers)
+    finally:
+        rundir.close()
+
+
+def _group_lines(workers: Workers) -> int:
+    import threading
+
+    from core.follow import Follower
+    from tui.headless import Reporter
+    from tui.workers import final_state
+
+    report = Reporter(sys.stdout)
+    follower = Follower(workers.run, lambda e: None if e.kind == "watching" else report(e))
+
+    def end_when_done() -> None:
+        workers.done.wait()
+        follower.finish()
+
+    with stop_on_signals(workers.stop):
+        workers.start()
+        threading.Thread(target=end_when_done, daemon=True).start()
+        follower.run()
+        reason = workers.finish()
+    if reason == StopReason.FAILED:
+        raise CbamError(final_state(workers.run).message or "the training processes failed")
+    return reason.exit_code
+
+
+def rank(config: RunConfig, run: Path | None = None) -> int:
+    """One training process of several (torchrun, srun, or --nproc-per-node's launcher);
+    rank 0 prints the run's lines. ``run``: the directory a launcher holds for us."""
+    from core.dist import Group
+    from core.train import Trainer
+    from tui.headless import Reporter
+    from tui.workers import LOCKED_AT_ENV, OWNER_ENV
+
+    try:
+        group = Group.from_env(config.device)
+        if group is None:
+            raise CbamError("no group to join: start it with torchrun or srun, or use cbam-tui run --nproc-per-node N")
+        try:
+            rundir = None
+            if run is not None and group.leader:
+                owner, locked_at = int(os.environ[OWNER_ENV]), int(os.environ[LOCKED_AT_ENV])
+                rundir = RunDir.join(run, owner, locked_at, config.group_control)
+            control = Control()
+            report = Reporter(sys.stdout) if group.leader else (lambda _event: None)
+            with stop_on_signals(control.stop):
+                reason = Trainer(config, report, control, rundir, group).run()
+        finally:
+            group.close()
+    except BaseException as exc:
+        if isinstance(exc, Exception):  # the launcher names the first rank that failed, and why
+            from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+            ErrorHandler().record_exception(exc)
+        raise
+    return reason.exit_code
+
+
+def launched_rank(run: Path) -> int:
+    """A rank started by --nproc-per-node's launcher: the run's config is in its directory."""
+    from core.rundir import open_run
+    from tui.workers import OWNER_ENV
+
+    if OWNER_ENV not in os.environ:
+        raise CbamError("the _rank command is started by run --nproc-per-node, not by hand")
+    with open_run(run) as d:
+        config = RunConfig.from_dict(read_config(d), f"{run}/config.json")
+    return rank(config, run)

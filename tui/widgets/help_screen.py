@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -40,6 +43,16 @@ MARKS = (
 )
 
 
+def _table(rows: tuple[tuple[str, str], ...]) -> Table:
+    """Keys on the left, what they do on the right, wrapped within its column."""
+    table = Table.grid(padding=(0, 2), pad_edge=True)
+    table.add_column(no_wrap=True, min_width=12)
+    table.add_column(ratio=1)
+    for key, what in rows:
+        table.add_row(key, what)
+    return table
+
+
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close")]
 
@@ -48,8 +61,7 @@ class HelpScreen(ModalScreen[None]):
         self.keys = (OWN_KEYS if owns_run else ATTACHED_KEYS) + VIEW_KEYS
 
     def compose(self) -> ComposeResult:
-        keys = "\n".join(f"  {key:<12} {what}" for key, what in self.keys)
-        marks = "\n".join(f"  {mark:<12} {what}" for mark, what in MARKS)
+        note = Text("Keys that cannot act now are left out of the footer.")
         with Vertical(id="dialog"):
             yield Static("Keys", classes="dialog-title")
-            yield Static(keys + "\n\n" + marks + "\n\n  Keys that cannot act now are left out of the footer.")
+            yield Static(Group(_table(self.keys), Text(), _table(MARKS), Text(), note))

@@ -29,7 +29,8 @@ class StatusBar(Static):
             line.append(" cbam-tui", style="bold")
         else:
             line.append(f" {s.run_name}", style="bold")
-            line.append(f" · {s.dataset} · {s.device} · {s.precision} · plan {s.plan_label}")
+            device = f"{s.device} x {s.world_size} processes" if s.world_size > 1 else s.device
+            line.append(f" · {s.dataset} · {device} · {s.precision} · plan {s.plan_label}")
         if state.message:  # why it paused itself, stopped or failed
             line.append(f"  {state.message}", style="bold yellow")
         self.update(line)
