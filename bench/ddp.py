@@ -23,27 +23,39 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 CLI = str(Path(sys.executable).with_name("cbam-tui"))
 
 
-def one_run(args: argparse.Namespace, nproc: int, batch: int, where: Path, torchrun: bool = False) -> float:
+def start(args: argparse.Namespace, nproc: int, batch: int, where: Path, torchrun: bool = False) -> Run:
     run = where / f"run-{nproc}-{batch}-{torchrun}"
     # torchrun: the launcher's code path with one process too (one GPU is enough to measure it)
-    start = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-             "-m", "tui.worker"] if torchrun else [CLI, "run", "--headless", "--nproc-per-node", str(nproc)]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+              "-m", "tui.worker"] if torchrun else [CLI, "run", "--headless", "--nproc-per-node", str(nproc)]
     command = [
-        *start, "--dataset", args.dataset, "--data-dir", args.data, "--limit-train", str(args.limit),
+        *launch, "--dataset", args.dataset, "--data-dir", args.data, "--limit-train", str(args.limit),
         "--limit-test", "64", "--weights", "none", "--stage-epochs", "0,0,1", "--batch-size", str(batch),
         "--device", args.device, "--run-dir", str(run), "--log-every", "1000",
         "--image-size", str(args.image_size),
     ] + (["--sync-bn"] if args.sync_bn and nproc > 1 else [])
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed: {done.stderr.strip()}")
-    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
-    return next(e["images_per_second"] for e in events if e["event"] == "epoch_ended")
+    return Run(run, command, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+
+
+@dataclass
+class Run:
+    path: Path
+    command: list[str]
+    process: subprocess.Popen[str]
+
+    def images_per_second(self) -> float:
+        """Waits for the run; its epoch's training images/s."""
+        _, err = self.process.communicate()
+        if self.process.returncode != 0:
+            raise SystemExit(f"{' '.join(self.command)} failed: {err.strip()}")
+        events = [json.loads(line) for line in (self.path / "events.jsonl").read_text().splitlines()]
+        return next(e["images_per_second"] for e in events if e["event"] == "epoch_ended")
 
 
 def main() -> None:
@@ -74,8 +86,13 @@ def main() -> None:
     results: dict[str, list[float]] = {name: [] for name, _, _, _ in contenders}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            for name, nproc, batch, torchrun in contenders:
-                results[name].append(one_run(args, nproc, batch, Path(tmp) / str(r), torchrun))
+            if args.dry_run:  # the script's paths, not its speed: every contender at once
+                runs = [start(args, n, batch, Path(tmp) / str(r), torchrun) for _, n, batch, torchrun in contenders]
+                for (name, *_), run in zip(contenders, runs, strict=True):
+                    results[name].append(run.images_per_second())
+                continue
+            for name, nproc, batch, torchrun in contenders:  # one at a time: each has the machine
+                results[name].append(start(args, nproc, batch, Path(tmp) / str(r), torchrun).images_per_second())
     base = statistics.median(results[contenders[0][0]])
     print(f"| contender | images/s (median of {args.repeats}) | vs 1 process |")
     print("|---|---|---|")

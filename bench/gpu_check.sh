@@ -9,8 +9,10 @@
 # 4. torch.compile: compile time per stage and recompiles when requires_grad flips
 # 5. several processes: one epoch under the launcher (--nproc-per-node, NCCL) against
 #    one process on the same GPU, and --sync-bn (one GPU is enough; all of them are used)
+# 6. the transfer study at full size, with the seed's 5/15/30 epochs: the seed's plan, the
+#    default and one stage, one seed (about 3 minutes on an H200; needs the real JPEGs)
 #
-# Budgeted for about 8 minutes on an H100/H200. --dry-run: tiny sizes on whatever
+# Budgeted for about 11 minutes on an H100/H200. --dry-run: tiny sizes on whatever
 # device there is (the test suite runs it on the CPU so it cannot rot).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,5 +66,15 @@ else
     if [ -n "$DATA" ]; then DDP_DATA+=(--data "$DATA"); fi
     $PY bench/ddp.py "${DDP_DATA[@]}" --device cuda --nproc "$NPROC" --batch-size 256 --repeats 1
     $PY bench/ddp.py "${DDP_DATA[@]}" --device cuda --nproc "$NPROC" --batch-size 256 --repeats 1 --sync-bn
+fi
+echo "== 6. the transfer study at full size: 32x32, all 25,000 images of the five classes, 5/15/30 epochs"
+if [ -n "$DRY" ]; then
+    echo "(dry run: tests/test_bench.py runs bench/transfer.py --dry-run; skipped)"
+elif [ -z "$DATA" ]; then
+    echo "(no CIFAR-10 JPEGs: --data DIR is needed for the study; skipped)"
+else
+    TRANSFER=(--device cuda --train-images 25000 --test-images 5000 --stage-epochs 5,15,30 --seeds 1
+              --batch-size 256 --only 1,2,6 --out bench/transfer-results-gpu.md)
+    $PY bench/transfer.py --data "$DATA" "${TRANSFER[@]}"
 fi
 echo "== done"

@@ -10,6 +10,8 @@ horse, ship, truck), at the same epoch budget, with several seeds.
 
     python bench/transfer.py                      # the study on ../shared/data/cifar10-jpeg
     python bench/transfer.py --dry-run            # tiny sizes, seconds (the test suite runs it)
+    python bench/transfer.py --device cuda --train-images 25000 --test-images 5000 \
+        --stage-epochs 5,15,30 --seeds 1 --only 1,2,6 --batch-size 256   # full size, bench/gpu_check.sh
 
 Writes a Markdown table (and the raw numbers as JSON) to --out.
 """
@@ -87,7 +89,8 @@ def plans(work: Path, epochs: tuple[int, int, int]) -> list[Plan]:
 # --- the stand-in for ImageNet pretraining ----------------------------------------
 
 
-def pretrain(data: Path, out: Path, image_size: int, epochs: int, limit: int | None, cache: Path) -> dict[str, float]:
+def pretrain(data: Path, out: Path, image_size: int, epochs: int, limit: int | None, cache: Path,
+             where: str) -> dict[str, float]:
     """A standard resnet18 trained on the source classes; its state dict saved as torchvision's is."""
     import torch
     import torch.nn.functional as F
@@ -100,9 +103,11 @@ def pretrain(data: Path, out: Path, image_size: int, epochs: int, limit: int | N
     spec = DataSpec("imagefolder", str(data), image_size=image_size, limit_train=limit,
                     limit_test=limit // 5 if limit else None, cache_dir=str(cache), classes=SOURCE)
     split = load_data(spec)
-    device = torch.device("cpu")
+    device = torch.device(where)
     precision = resolve_precision("auto", device)
-    model = resnet18(weights=None).to(memory_format=torch.channels_last)  # 1000-way fc, as the real file
+    split.train.images, split.train.labels = split.train.images.to(device), split.train.labels.to(device)
+    split.test.images, split.test.labels = split.test.images.to(device), split.test.labels.to(device)
+    model = resnet18(weights=None).to(device, memory_format=torch.channels_last)  # 1000-way fc, as the real file
     augment = Augmenter("flip-crop", device)
     batch = 128
     steps = epochs * len(batch_indices(len(split.train), batch, 0, 0, device))
@@ -123,7 +128,7 @@ def pretrain(data: Path, out: Path, image_size: int, epochs: int, limit: int | N
         acc = _accuracy(model, split.test.images, split.test.labels, augment, cast)
         print(f"  stand-in epoch {epoch}/{epochs}: test acc on the source classes {acc:.2f}% "
               f"({time.perf_counter() - t:.0f} s)", flush=True)
-    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, out)
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out)
     return {"source_test_acc": acc, "seconds": time.perf_counter() - t, "train_images": len(split.train)}
 
 
@@ -156,9 +161,8 @@ def fine_tune(plan: Plan, seed: int, common: list[str], work: Path) -> dict[str,
     t = time.perf_counter()
     log = io.StringIO()
     try:
-        with contextlib.redirect_stdout(log):
-            app(argv, standalone_mode=False)
-        code = 0
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            code = app(argv, standalone_mode=False) or 0
     except typer.Exit as exc:
         code = exc.exit_code
     if code != 0:
@@ -210,13 +214,14 @@ def main() -> int:
     parser.add_argument("--pretrain-images", type=int, default=None, help="default: all 25,000 of the source classes")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the stand-in and every run)")
     parser.add_argument("--out", type=Path, default=Path("bench/transfer-results.md"))
     parser.add_argument("--only", default="", help="comma-separated plan numbers (1-based) to run; default all")
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes: the script runs end to end in seconds")
     args = parser.parse_args()
     if args.dry_run:
-        args.image_size, args.train_images, args.test_images = 8, 40, 20
-        args.stage_epochs, args.pretrain_epochs, args.pretrain_images, args.seeds = "1,1,1", 1, 100, 1
+        args.image_size, args.train_images, args.test_images = 8, 20, 10
+        args.stage_epochs, args.pretrain_epochs, args.pretrain_images, args.seeds = "1,0,1", 1, 100, 1
         args.batch_size = 8
     epochs = tuple(int(e) for e in args.stage_epochs.split(","))
     data = args.data.resolve()
@@ -231,11 +236,11 @@ def main() -> int:
         size = f"{args.image_size}x{args.image_size}"
         print(f"stand-in: torchvision resnet18 on {', '.join(SOURCE)} at {size}", flush=True)
         stand_in = pretrain(data, work / "resnet18-standin.pth", args.image_size, args.pretrain_epochs,
-                            args.pretrain_images, work / "cache")
+                            args.pretrain_images, work / "cache", args.device)
         common = ["--dataset", "imagefolder", "--data-dir", str(data), "--classes", ",".join(TARGET),
                   "--image-size", str(args.image_size), "--limit-train", str(args.train_images),
                   "--limit-test", str(args.test_images), "--batch-size", str(args.batch_size), "--log-every", "1000",
-                  "--cache-dir", str(work / "cache")]
+                  "--cache-dir", str(work / "cache"), "--device", args.device]
         chosen = plans(work, epochs)  # type: ignore[arg-type]
         if args.only:
             chosen = [chosen[int(i) - 1] for i in args.only.split(",")]

@@ -68,41 +68,36 @@ def png(run: Path, out: Path) -> Path:
     """The seed's two figures, side by side: every iteration's loss (with the epochs'
     train and test loss), and train and test accuracy per epoch; stage switches dashed."""
     _need("matplotlib", "export --png")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend, no GUI, safe off the main thread
 
     state = read(run)
     steps_per_epoch = state.started.batches_per_epoch if state.started else 1
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=PNG_INCHES, dpi=PNG_DPI)
-    try:
-        name = state.started.run_name if state.started else run.name
-        fig.suptitle(f"{name}: {state.status.lower()}, best test accuracy "
-                     + (f"{state.best_acc:.2f}% (epoch {state.best_epoch})" if state.best_acc is not None else "-"))
-        if len(state.iter_losses):
-            x = [(state.first_step + i) / steps_per_epoch for i in range(len(state.iter_losses))]
-            loss_ax.plot(x, list(state.iter_losses), lw=0.6, alpha=0.5, label="every iteration")
-        epochs = state.epochs
-        if epochs:
-            loss_ax.plot([e.epoch for e in epochs], [e.train_loss for e in epochs], "o-", label="train (epoch)")
-            loss_ax.plot([e.epoch for e in epochs], [e.test_loss for e in epochs], "s-", label="test (epoch)")
-            acc_ax.plot([e.epoch for e in epochs], [e.train_acc for e in epochs], "o-", label="train")
-            acc_ax.plot([e.epoch for e in epochs], [e.test_acc for e in epochs], "s-", label="test")
-        for ax, title, label in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy %")):
-            for step, stage in state.stage_steps[1:]:
-                ax.axvline(step / steps_per_epoch, ls="--", color="grey", lw=1)
-                ax.text(step / steps_per_epoch, 1.0, f" stage {stage}", transform=ax.get_xaxis_transform(),
-                        va="top", fontsize=9, color="grey")
-            ax.set_title(title)
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(label)
-            ax.grid(alpha=0.3)
-            if ax.lines:
-                ax.legend()
-        fig.tight_layout()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out)
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=PNG_INCHES, dpi=PNG_DPI)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    name = state.started.run_name if state.started else run.name
+    fig.suptitle(f"{name}: {state.status.lower()}, best test accuracy "
+                 + (f"{state.best_acc:.2f}% (epoch {state.best_epoch})" if state.best_acc is not None else "-"))
+    if len(state.iter_losses):
+        x = [(state.first_step + i) / steps_per_epoch for i in range(len(state.iter_losses))]
+        loss_ax.plot(x, list(state.iter_losses), lw=0.6, alpha=0.5, label="every iteration")
+    epochs = state.epochs
+    if epochs:
+        loss_ax.plot([e.epoch for e in epochs], [e.train_loss for e in epochs], "o-", label="train (epoch)")
+        loss_ax.plot([e.epoch for e in epochs], [e.test_loss for e in epochs], "s-", label="test (epoch)")
+        acc_ax.plot([e.epoch for e in epochs], [e.train_acc for e in epochs], "o-", label="train")
+        acc_ax.plot([e.epoch for e in epochs], [e.test_acc for e in epochs], "s-", label="test")
+    for ax, title, label in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy %")):
+        for step, stage in state.stage_steps[1:]:
+            ax.axvline(step / steps_per_epoch, ls="--", color="grey", lw=1)
+            ax.text(step / steps_per_epoch, 1.0, f" stage {stage}", transform=ax.get_xaxis_transform(),
+                    va="top", fontsize=9, color="grey")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
     return out

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import enum
+import errno
 import fcntl
 import io
 import json
@@ -50,6 +51,7 @@ EVENTS = "events.jsonl"
 METRICS = "metrics.csv"
 PROGRESS = "progress.json"
 SYSTEM = "system.json"
+_NO_LINKS = {errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV}  # file systems without hard links
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
@@ -599,7 +601,17 @@ class RunDir:
         self.rebuild_metrics(epochs)
         return missing
 
-    def save_checkpoint(self, data: bytes | memoryview, name: str) -> Path:
+    def save_checkpoint(self, data: bytes | memoryview, name: str, same_as: str | None = None) -> Path:
+        """Write ``data`` as checkpoint ``name``; ``same_as``: a checkpoint just written with the
+        same bytes, which ``name`` becomes a hard link to (the bytes are written once), where
+        the file system allows it. Either name is later replaced by a new file, never edited."""
+        if same_as is not None:
+            try:
+                self.checkpoints.link_atomic(same_as, name)
+                return self.checkpoint_path(name)
+            except OSError as exc:
+                if exc.errno not in _NO_LINKS:
+                    raise
         self.checkpoints.write_atomic(name, data)
         return self.checkpoint_path(name)
 

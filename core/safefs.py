@@ -198,6 +198,22 @@ class Dir:
             with contextlib.suppress(OSError):
                 os.fsync(self.fd)  # the rename itself survives a power cut
 
+    def link_atomic(self, source: str, name: str) -> None:
+        """``name`` becomes another name of the file ``source`` (a hard link, swapped in by
+        rename, as `write_atomic` swaps in a copy); OSError where hard links are refused."""
+        tmp = temp_name(name)
+        self.unlink(tmp)
+        os.link(source, tmp, src_dir_fd=self.fd, dst_dir_fd=self.fd, follow_symlinks=False)
+        try:
+            faults.hit(f"write:{name}")
+            faults.hit(f"rename:{name}")
+            self.rename(tmp, name)
+        except BaseException:
+            self.unlink(tmp)
+            raise
+        with contextlib.suppress(OSError):
+            os.fsync(self.fd)
+
     def remove_temps(self) -> list[str]:
         """Remove the temp files of interrupted atomic writes; returns their names."""
         removed = []

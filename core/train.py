@@ -588,7 +588,8 @@ class Trainer:
             try:
                 for name, reason in ((BEST, "best"), (LAST, "epoch")) if improved else ((LAST, "epoch"),):
                     faults.hit(f"epoch-end:before-{name}")
-                    written.append((str(self.rundir.save_checkpoint(data, name)), reason))
+                    same = BEST if written else None  # last.pt of a best epoch: one file, two names
+                    written.append((str(self.rundir.save_checkpoint(data, name, same)), reason))
             except OSError as exc:
                 detail = (
                     f"could not save {self.rundir.checkpoint_path(name)}: {exc.strerror or exc} "

@@ -1,7 +1,9 @@
-"""The GPU script cannot rot: its dry run (tiny sizes, whatever device there is) runs here."""
+"""The benchmark scripts cannot rot: the GPU check's and the transfer study's dry runs (tiny
+sizes, whatever device there is) run here."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -21,7 +23,7 @@ def test_the_gpu_check_runs_end_to_end_in_its_dry_mode() -> None:
     )
     out = done.stdout
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for heading in ("== 1a.", "== 2.", "== 3.", "== 4.", "== done"):
+    for heading in ("== 1a.", "== 2.", "== 3.", "== 4.", "== 5.", "== 6.", "== done"):
         assert heading in out
     rows = {name: re.search(rf"^{name}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", out, re.M) for name in
             ("seed loop", "cbam-tui default", "cbam-tui fp32")}
@@ -31,3 +33,37 @@ def test_the_gpu_check_runs_end_to_end_in_its_dry_mode() -> None:
     assert "0 elsewhere" in out
     # One graph per stage: flipping requires_grad between stages recompiles once, not in a storm.
     assert "graphs compiled over the three stages: 3 " in out
+
+
+def test_the_transfer_study_runs_every_plan_in_its_dry_mode(tmp_path: Path) -> None:
+    out = tmp_path / "transfer.md"
+    done = subprocess.run(
+        [sys.executable, "bench/transfer.py", "--dry-run", "--out", str(out)], cwd=ROOT, capture_output=True,
+        text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and not line.startswith("| plan")]
+    assert len(rows) == 9 and any(r.startswith("| --preset seed |") for r in rows)
+    raw = json.loads(out.with_suffix(".json").read_text())
+    for plan in raw["plans"]:
+        (result,) = plan["results"]  # one seed in a dry run
+        assert 0 <= result["final"] <= 100 and result["after_stage"], plan
+    staged = {p["name"]: p["results"][0] for p in raw["plans"]}
+    assert staged["default, --precision fp32"]["precision"] == "fp32"
+
+
+def test_the_stand_in_is_saved_as_torchvisions_resnet18_file_and_loads_the_same_way(tmp_path: Path) -> None:
+    import torch
+    import torchvision
+
+    from bench.train_step import fake_image_folder
+    from bench.transfer import SOURCE, TARGET, pretrain
+    from core.model import build_model
+
+    data = fake_image_folder(tmp_path / "data", 4, 8, SOURCE + TARGET)
+    pretrain(data, tmp_path / "standin.pth", 8, 1, None, tmp_path / "cache", "cpu")
+    saved = torch.load(tmp_path / "standin.pth", weights_only=True)
+    real = torchvision.models.resnet18(weights=None).state_dict()
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in real.items()}
+    model = build_model(5, str(tmp_path / "standin.pth"))  # the path --weights PATH takes
+    assert torch.equal(model.state_dict()["backbone.layer4.1.conv2.weight"], saved["layer4.1.conv2.weight"])

@@ -58,6 +58,9 @@ TINY = ("--image-size", "8", "--limit-train", "16", "--limit-test", "8", "--batc
         (("--frozen-bn", "maybe"), "--frozen-bn must be one of train, eval"),
         (("--plan", "/no/plan.toml"), "plan file /no/plan.toml does not exist"),
         (("--bogus",), "No such option: --bogus"),
+        (("--classes", "dog"), "--classes needs at least two classes"),
+        (("--classes", "dog,,cat"), "--classes needs class names separated by commas"),
+        (("--classes", "dog,cat,dog"), "--classes names 'dog' twice"),
     ],
 )
 def test_bad_input_is_one_line_and_a_nonzero_exit(
@@ -92,6 +95,13 @@ def test_missing_data_and_no_network_are_one_line(
     code, _, err = cli(capsys, "demo", "--weights", "imagenet", "--runs-root", str(tmp_path), *TINY)
     assert code == 1 and "cannot download the ImageNet weights" in err and "--weights none" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_class_the_data_lacks_is_one_line_naming_what_it_has(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = cli(capsys, "demo", "--runs-root", str(tmp_path), "--classes", "disk,unicorn", *TINY)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "--classes names 'unicorn', which the" in err and "it has disk, square" in err
+    assert not list(tmp_path.glob("*/checkpoints/*.pt"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

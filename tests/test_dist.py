@@ -218,3 +218,50 @@ def test_a_resume_with_another_global_batch_trains_the_rest_of_the_epoch_once(tm
     trained = [b.batch for b in rec.of(BatchLogged)]
     assert trained == [5, 6]  # images 36-43 and 44-47: the 12 the epoch had left, once
     assert [b.batches for b in rec.of(BatchLogged)] == [6, 6]
+
+
+@pytest.fixture
+def solo_group(tmp_path: Path) -> Any:
+    """A real process group of one (gloo, a file store): the collectives run, in this process."""
+    import torch.distributed as dist
+
+    from core.dist import Group
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        yield Group(0, 1, 0, torch.device("cpu"), dist.new_group(backend="gloo"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_coordinator_applies_commands_in_order_at_the_exchange_and_never_before(solo_group: Any) -> None:
+    from core.dist import Coordinator
+    from core.rundir import Command
+
+    local = Control()
+    coord = Coordinator(solo_group, local)
+    coord.take(Command("pause"), "ctl pid 1")
+    coord.take(Command("lr", "x0.5"), "ctl pid 2")
+    assert not coord.agreed.paused  # taken by rank 0's inbox, not yet applied anywhere
+    commands, steps = coord.exchange(7)
+    assert [c.verb for c, _ in commands] == ["pause", "lr"] and steps == (7,)
+    assert coord.agreed.paused and [c.value for c, _ in coord.agreed.take_changes()] == ["x0.5"]
+    local.stop(StopReason.SIGUSR1)  # a signal to this rank reaches the loop only through an exchange
+    assert coord.agreed.stop_reason is None
+    coord.exchange(7)
+    assert coord.agreed.stop_reason == StopReason.SIGUSR1
+    assert coord.due(coord.next_sync) and not coord.due(coord.next_sync - 1)
+
+
+def test_a_group_shards_like_tensor_split_and_sums_over_its_ranks(solo_group: Any) -> None:
+    from core.dist import Group
+
+    for n in (2, 7, 10, 64):
+        for world in (1, 2, 3, 4):
+            parts = [Group(r, world, r, torch.device("cpu")).shard(n) for r in range(world)]
+            expected = [(int(c[0]), int(c[-1]) + 1) for c in torch.arange(n).tensor_split(world) if len(c)]
+            assert [p for p in parts if p[0] < p[1]] == expected
+    t = torch.tensor([1.5, 2.0])
+    assert solo_group.sum(t).tolist() == [1.5, 2.0]
+    assert solo_group.from_leader({"resume": "x"}) == {"resume": "x"}

@@ -40,8 +40,8 @@ from tests.scripted import events as scripted_events
 
 @pytest.fixture(scope="module")
 def script() -> list:
-    """A short run: start, stage 1, three epochs of two log points, finished."""
-    body = list(scripted_events(epochs=3, batches=4, log_every=2))
+    """A short run as its events.jsonl holds it: start, stage 1, three epochs of two log points, finished."""
+    body = [e for e in scripted_events(epochs=3, batches=4, log_every=2) if not e.transient]  # as events.jsonl keeps them
     return [*body, RunFinished(body[-1].test_acc, body[-1].test_acc, 3, 12.5)]
 
 
@@ -437,3 +437,29 @@ def test_events_are_single_writes_so_a_reader_never_sees_half_a_line(tmp_path: P
     holder.close()
     assert got == script and reader.bad == 0
     assert all(json.loads(line)["t"] > 0 for line in (path / "events.jsonl").read_text().splitlines())
+
+
+# --- checkpoints: a best epoch's bytes are written once ------------------------------
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_last_of_a_best_epoch_is_the_same_file_until_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool
+) -> None:
+    if not links:  # a file system that refuses hard links gets a second copy
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", refuse)
+    run = RunDir.create_at(tmp_path / "run")
+    try:
+        run.save_checkpoint(b"epoch 1", "best.pt")
+        run.save_checkpoint(b"epoch 1", "last.pt", same_as="best.pt")
+        best, last = run.checkpoint_path("best.pt"), run.checkpoint_path("last.pt")
+        assert best.read_bytes() == last.read_bytes() == b"epoch 1"
+        assert (best.stat().st_ino == last.stat().st_ino) is links
+        run.save_checkpoint(b"epoch 2", "last.pt")  # a worse epoch: last moves on, best stays
+        assert (best.read_bytes(), last.read_bytes()) == (b"epoch 1", b"epoch 2")
+        assert sorted(p.name for p in best.parent.iterdir()) == ["best.pt", "last.pt"]  # no temp file left
+    finally:
+        run.close()

@@ -274,6 +274,9 @@ def rank(config: RunConfig, run: Path | None = None) -> int:
         if group is None:
             raise CbamError("no group to join: start it with torchrun or srun, or use cbam-tui run --nproc-per-node N")
         try:
+            # Rank 0's reading of the options wins (--resume auto looks at the runs as they are
+            # when each process starts, and rank 0 may already have taken the run up again).
+            config = group.from_leader(config)
             rundir = None
             if run is not None and group.leader:
                 owner, locked_at = int(os.environ[OWNER_ENV]), int(os.environ[LOCKED_AT_ENV])

@@ -31,10 +31,10 @@ async def test_a_full_length_run_keeps_memory_bounded_and_the_screen_working(tmp
         assert state.iter_losses.itemsize == 4  # 4 bytes a point
         log = app.query_one("#full-log", LossLog)
         assert len(log.lines) <= 5000  # the log keeps its newest lines, not all of them
-        for key, view in (("2", "tree"), ("3", "full-log"), ("1", "dashboard")):
+        for key, view in (("2", "tree"), ("3", "system"), ("1", "dashboard")):
             await pilot.press(key)
             assert app.query_one("#views").current == view
-        curve = app.query_one(LossCurve)
+        curve = app.query_one("#loss-curve", LossCurve)
         curve.update_from(state)
         text = str(curve.render())
         assert "S2" in text and "S3" in text  # stage boundaries still marked at the end
