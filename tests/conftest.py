@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import sys
 from collections.abc import Callable
@@ -16,6 +17,29 @@ from core.events import Event
 from core.plan import PlanOptions, build_plan
 from core.rundir import StopReason
 from tui.cli import main
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per core, at most 4 (each imports torch, and the tests that
+    start processes start several)."""
+    return max(1, min(4, _cores()))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Workers share the cores instead of fighting over them: each worker, and every process
+    a test starts, gets cores / workers threads (OpenMP threads that outnumber the cores
+    spin, and a 2-core machine then runs at a fraction of its speed)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, _cores() // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 def tiny_config(tmp_path: Path, **overrides: Any) -> RunConfig:

@@ -105,7 +105,9 @@ def test_two_processes_train_as_one_with_twice_the_batch(tmp_path: Path) -> None
     init = build_model(10, "none").state_dict()
     weights = {name: torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)["model"]
                for name in ("two", "one")}
-    assert relative_difference(weights["two"], weights["one"], init) < 0.01  # measured: 0.0005
+    # Measured: 0.0005 with 2 threads in the single process, 0.011 with 1 (oneDNN picks other
+    # kernels, so other sums); BatchNorm in train mode (statistics per process) makes it 1.2.
+    assert relative_difference(weights["two"], weights["one"], init) < 0.05
     (e2,), (e1,) = of(tmp_path / "two", "epoch_ended"), of(tmp_path / "one", "epoch_ended")
     assert e2["train_loss"] == pytest.approx(e1["train_loss"], rel=1e-3)
     assert e2["train_acc"] == pytest.approx(e1["train_acc"], abs=1e-9)  # counts, added up over the ranks
