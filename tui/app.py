@@ -114,6 +114,7 @@ class CbamApp(App[int]):
         self._posted = 0  # events sent by the link's thread, and folded in by the UI
         self._applied = 0
         self._quitting = False
+        self._signalled = False  # a stop signal reached the CLI's handler
         self._drawn = -1
         self._curve_data: tuple[object, ...] = ()
         self._curves_at = 0.0
@@ -157,11 +158,23 @@ class CbamApp(App[int]):
 
     def on_mount(self) -> None:
         self.follow()
+        self.set_interval(REDRAW_S, self._leave_if_signalled)
         if self.compare:
             return
         self._fit()
         self.set_interval(REDRAW_S, self.redraw)
         self.redraw()
+
+    def stop_signal(self, reason: StopReason) -> None:
+        """The CLI's stop-signal handler: the link stops the run, and the app leaves as the
+        run ends; a run that has already ended has nothing to stop, so the app leaves at
+        the next tick, with the run's exit code."""
+        self._signalled = True
+        self.link.stop(reason)
+
+    def _leave_if_signalled(self) -> None:
+        if self._signalled and not self.live:
+            self.exit(self.exit_code)
 
     def on_unmount(self) -> None:
         # However the app ends, a run it owns must not train on unseen: it stops at the

@@ -34,7 +34,7 @@ def dashboard(config: RunConfig) -> int:
 
     link = InProcessLink(config.replace(on_nonfinite="pause"))
     app = make_app(link)
-    with stop_on_signals(link.stop):
+    with stop_on_signals(app.stop_signal):
         app.run()
     link.stop(StopReason.QUIT)  # a no-op unless the app ended some unexpected way
     print_outcome(app.state, app.error)
@@ -47,7 +47,7 @@ def watch(run: Path) -> int:
 
     link = DirectoryLink(run)
     app = make_app(link)
-    with stop_on_signals(link.stop):
+    with stop_on_signals(app.stop_signal):
         app.run()
     info = inspect_run(run)
     if info.live:
@@ -66,7 +66,7 @@ def compare(runs: list[Path]) -> int:
 
     link = CompareLink(runs)
     app = make_app(link)
-    with stop_on_signals(link.stop):
+    with stop_on_signals(app.stop_signal):
         app.run()
     return app.exit_code
 
@@ -228,7 +228,7 @@ def group(config: RunConfig, home: Path | None, show_dashboard: bool, rundir: Ru
 
             link = LaunchLink(workers)
             app = make_app(link)
-            with stop_on_signals(link.stop):
+            with stop_on_signals(app.stop_signal):
                 app.run()
             print_outcome(app.state, app.error)
             return app.exit_code

@@ -16,6 +16,14 @@ needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux
 CBAM_TUI = str(Path(sys.executable).with_name("cbam-tui"))
 
 
+def gone(pid: int) -> bool:
+    """The process has exited: no such pid, or a zombie its parent (tmux) has not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
 class Terminal:
     def __init__(
         self, name: str, command: str, size: tuple[int, int], cwd: Path, exit_file: str = "exit-code"
@@ -27,7 +35,9 @@ class Terminal:
             ["tmux", "new-session", "-d", "-P", "-F", "#{pane_id} #{pane_pid}", "-s", name, "-x", str(w), "-y", str(h),
              "-c", str(cwd),
              # COLUMNS and LINES, if the test process has them, would override the pane's size.
-             f"unset COLUMNS LINES; TERM=xterm-256color {command}; echo EXIT=$? > {exit_file}; sleep 600"],
+             f"unset COLUMNS LINES; TERM=xterm-256color {command}; echo EXIT=$? > {exit_file}; sleep 600",
+             # A command that ends (or an `exec`ed one that crashes) leaves its last screen to read.
+             ";", "set-window-option", "remain-on-exit", "on"],
             check=True, capture_output=True, text=True,
         )
         # Panes are addressed by their id: a session name can match another session.

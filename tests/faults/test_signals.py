@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.e2e.terminal import Terminal
+from tests.e2e.terminal import Terminal, gone
 
 CBAM_TUI = str(Path(sys.executable).with_name("cbam-tui"))
 TINY = ["--image-size", "8", "--limit-train", "480", "--limit-test", "24", "--batch-size", "8", "--log-every", "2"]
@@ -60,10 +60,23 @@ def test_dashboard_signals(tmp_path: Path, how: str) -> None:
         else:
             subprocess.run(["kill", "-TERM", str(pid)], check=True)
         deadline = time.monotonic() + 60
-        while Path(f"/proc/{pid}").exists():
+        while not gone(pid):
             events = (run_dir / "events.jsonl").read_text().splitlines()[-2:]
-            assert time.monotonic() < deadline, f"the dashboard did not exit; last events: {events}"
+            assert time.monotonic() < deadline, f"the dashboard did not exit; last events: {events}\n{term.screen()}"
             time.sleep(0.2)
     finally:
         term.close()
     assert_stopped_cleanly(run_dir, "SIGHUP" if how == "hang-up" else "SIGTERM")
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_a_stop_signal_closes_a_dashboard_whose_run_has_ended(tmp_path: Path) -> None:
+    """Nothing is left to stop, so the signal closes the dashboard; the exit code is the run's."""
+    command = f"{CBAM_TUI} demo --run-dir {tmp_path / 'run'} {' '.join(TINY)} --limit-train 48"
+    term = Terminal("cbam-sig-ended", command, (100, 30), tmp_path)
+    try:
+        term.wait_for(lambda s: "FINISHED" in s)
+        subprocess.run(["pkill", "-TERM", "-P", str(term.pid)], check=True)  # the shell's child: cbam-tui
+        assert term.exit_code(timeout=30) == 0
+    finally:
+        term.close()
