@@ -143,7 +143,9 @@ async def redraw_ms() -> tuple[list[float], list[float]]:
         while len(app.state.epochs) < 50:
             await pilot.pause(0.1)
         assert len(app.state.iter_losses) >= 39_000
-        curves = [app.query_one(LossCurve), *app.query(EpochCurve)]
+        dashboard = app.query_one("#dashboard")  # the dashboard's own plots (the curves view has others)
+        curves = [dashboard.query_one("#loss-curve", LossCurve), *dashboard.query(EpochCurve)]
+        assert len(curves) == 3 and all(c.size.width > 0 for c in curves)
         for _ in range(20):
             t = time.perf_counter()
             for i, curve in enumerate(curves):

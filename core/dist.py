@@ -43,6 +43,17 @@ def in_job() -> bool:
     return "RANK" in env or (int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "MASTER_ADDR" in env)
 
 
+def from_slurm(env: dict[str, str] | os._Environ[str]) -> None:
+    """Under srun (and not torchrun), the variables torch.distributed reads, from SLURM's:
+    SLURM_PROCID -> RANK, SLURM_NTASKS -> WORLD_SIZE, SLURM_LOCALID -> LOCAL_RANK; the
+    port defaults to 29500 (MASTER_ADDR is the script's to set)."""
+    if "RANK" in env or not (int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "MASTER_ADDR" in env):
+        return
+    env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    env.setdefault("MASTER_PORT", "29500")
+
+
 @dataclass
 class Group:
     rank: int
@@ -60,10 +71,7 @@ class Group:
         """Join the job the environment describes (torchrun's RANK and WORLD_SIZE, or
         srun's SLURM_PROCID and SLURM_NTASKS with MASTER_ADDR set); None outside a job."""
         env = os.environ
-        if "RANK" not in env and in_job():
-            env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
-            env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
-            env.setdefault("MASTER_PORT", "29500")
+        from_slurm(env)
         if "RANK" not in env or "WORLD_SIZE" not in env:
             return None
         local = int(env.get("LOCAL_RANK", "0"))

@@ -48,6 +48,20 @@ def test_image_folder_labels_modes_sizes_and_bad_files(tmp_path: Path) -> None:
     assert any(m.startswith("decoding") and d == t for m, d, t in seen)
 
 
+def test_a_run_says_how_many_unreadable_images_it_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import cli
+
+    root = tmp_path / "imgs"
+    write_folder(root, {"apple": 4, "mango": 4})
+    (root / "train" / "apple" / "empty.jpg").write_bytes(b"")
+    (root / "train" / "mango" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"0" * 20)
+    code, out, err = cli(capsys, "run", "--headless", "--dataset", "imagefolder", "--data-dir", str(root),
+                         "--cache-dir", str(tmp_path / "cache"), "--weights", "none", "--image-size", "8",
+                         "--batch-size", "4", "--stage-epochs", "1,0,0", "--runs-root", str(tmp_path / "runs"))
+    assert code == 0, err
+    assert "2 unreadable image files were skipped" in out
+
+
 def test_image_folder_cache_is_reused_and_rebuilt_when_stale(tmp_path: Path) -> None:
     root, cache = tmp_path / "imgs", tmp_path / "cache"
     write_folder(root, {"a": 2, "b": 2})

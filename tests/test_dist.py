@@ -128,8 +128,9 @@ def test_ctl_reaches_every_rank_at_one_step_a_dead_rank_stops_the_group_and_the_
         for verb in ("pause", "resume", "next"):
             taken = cbam(tmp_path, "ctl", str(run), verb, timeout=60)
             assert taken.returncode == 0, taken.stderr
+            if verb == "pause":  # taken is not yet applied: a resume at the same exchange would cancel it
+                paused = wait_for("the pause", lambda: of(run, "paused"))[0]
         wait_for("stage 2", lambda: [e for e in of(run, "stage_started") if e["stage"] == 2])
-        paused = of(run, "paused")[0]
         commands = wait_for("three commands", lambda: len(of(run, "command")) == 3 and of(run, "command"))
         for c in commands:  # each rank applied it at the same global step, the one the event names
             assert c["rank_steps"] == [c["global_step"]] * 2, c
@@ -267,3 +268,17 @@ def test_a_group_shards_like_tensor_split_and_sums_over_its_ranks(solo_group: An
     t = torch.tensor([1.5, 2.0])
     assert solo_group.sum(t).tolist() == [1.5, 2.0]
     assert solo_group.from_leader({"resume": "x"}) == {"resume": "x"}
+
+
+def test_srun_tasks_become_ranks_and_torchrun_ranks_are_left_alone() -> None:
+    from core.dist import from_slurm
+
+    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "MASTER_ADDR": "node01"}
+    from_slurm(env)
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["MASTER_PORT"]) == ("5", "16", "1", "29500")
+    torchrun = {"RANK": "2", "WORLD_SIZE": "4", "SLURM_PROCID": "0", "SLURM_NTASKS": "16", "MASTER_ADDR": "n"}
+    from_slurm(torchrun)  # torchrun inside an allocation: its ranks win
+    assert torchrun["RANK"] == "2" and torchrun["WORLD_SIZE"] == "4"
+    alone = {"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "MASTER_ADDR": "n"}
+    from_slurm(alone)  # one task: not a group
+    assert "RANK" not in alone
