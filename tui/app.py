@@ -320,7 +320,16 @@ class CbamApp(App[int]):
     @property
     def settled(self) -> bool:
         """Every event the link has sent is folded in and on screen (tests wait for this)."""
-        return self._applied == self._posted and self._drawn == self.state.version
+        return self._applied == self._posted and self._drawn == self.state.version and self._footer_current()
+
+    def _footer_current(self) -> bool:
+        """The footer shows the keys that act now (it recomposes after a refresh, not at once)."""
+        from textual.widgets._footer import FooterKey
+
+        if self.screen is not self.screen_stack[0]:
+            return True  # a dialog or help is up: its own keys
+        wanted = {b.binding.action for b in self.screen.active_bindings.values() if b.binding.show}
+        return {key.action for key in self.screen.query(FooterKey)} == wanted
 
     def on_resize(self) -> None:
         if self.compare:

@@ -43,6 +43,7 @@ class Terminal:
         # Panes are addressed by their id: a session name can match another session.
         pane, pid = created.stdout.split()
         self.pane, self.pid = pane, int(pid)
+        self.closed = False
 
     def screen(self) -> str:
         return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.pane], capture_output=True, text=True).stdout
@@ -73,4 +74,12 @@ class Terminal:
         return int(self.exit_file.read_text().strip().removeprefix("EXIT="))
 
     def close(self) -> None:
-        subprocess.run(["tmux", "kill-pane", "-t", self.pane], capture_output=True)
+        """Kill this pane, once. Pane ids restart with the tmux server (it exits when its last
+        session ends), so a second kill by id could hit another test's pane: check the owner."""
+        if self.closed:
+            return
+        self.closed = True
+        owner = subprocess.run(["tmux", "display", "-p", "-t", self.pane, "#{session_name}"],
+                               capture_output=True, text=True).stdout.strip()
+        if owner == self.name:
+            subprocess.run(["tmux", "kill-pane", "-t", self.pane], capture_output=True)

@@ -83,8 +83,15 @@ class LossCurve(CachedPlot):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.options = ChartOptions()
+        self._state: RunState | None = None
+
+    def on_resize(self) -> None:
+        # The bucket count follows the width: a plot laid out again is sampled again.
+        if self._state is not None:
+            self.update_from(self._state)
 
     def update_from(self, state: RunState) -> None:
+        self._state = state
         plt, opts = self.plt, self.options
         plt.clear_data()
         plt.clear_figure()
