@@ -806,7 +806,7 @@ class EventReader:
             if not line.strip():
                 continue
             try:
-                data = json.loads(line)
+                data = json.loads(line.decode("utf-8"))  # the file's encoding: json would guess UTF-16 from a BOM
                 event = from_dict(data)
             except (ValueError, BadEvent, RecursionError) as exc:
                 self._bad(str(exc))
@@ -879,7 +879,7 @@ class RunInfo:
     pid: int | None = None  # of the live owner
     message: str = ""  # why it stopped, failed or cannot be read
     bad_lines: int = 0  # lines of events.jsonl that are no valid event
-    resumable: bool = False  # it has a checkpoint and is not running
+    resumable: bool = False  # it has a checkpoint, has not finished and is not running
     epochs_done: int = 0
 
     @property
@@ -889,7 +889,7 @@ class RunInfo:
 
 def inspect_run(path: Path, follow: bool = True) -> RunInfo:
     """Everything `runs` shows about one run directory; never raises for a broken one."""
-    from core.state import ENDED, RunState
+    from core.state import ENDED, FINISHED, RunState
 
     try:
         with open_run(path, follow) as run:
@@ -898,7 +898,7 @@ def inspect_run(path: Path, follow: bool = True) -> RunInfo:
             state = RunState(keep_losses=False)
             for event, t in reader.read_all(final=not owner.alive):
                 state.apply(event, t)
-            resumable = has_checkpoint(run)
+            resumable = has_checkpoint(run) and state.status != FINISHED
             if state.first_t is None:
                 st = run.lstat(EVENTS) or run.lstat(LOCK)
                 state.first_t = state.last_t = st.st_mtime if st else None

@@ -249,7 +249,8 @@ class _Touch:
 # --- one bad line never breaks a listing, a dashboard or a resume -----------------------
 
 
-BAD_LINES = [b"42\n", b"\xff\xfe not utf-8\n", b'{"event":"epoch_ended","test_acc":"high"}\n', b"{cut short"]
+BAD_LINES = [b"42\n", b"\xff\xfe not utf-8\n", b'{"event":"epoch_ended","test_acc":"high"}\n',
+             b'\xff\xfe{"event":"x"}\n', b"{cut short"]  # a BOM must not make it UTF-16
 
 
 def test_bad_lines_are_counted_and_skipped_everywhere(tmp_path: Path, script: list, capsys) -> None:
@@ -259,19 +260,23 @@ def test_bad_lines_are_counted_and_skipped_everywhere(tmp_path: Path, script: li
     with (bad / "events.jsonl").open("ab") as f:
         for line in BAD_LINES:
             f.write(line)
+    (bad / "checkpoints").mkdir(exist_ok=True)
+    (bad / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")  # finished all the same
     os.replace(linked / "events.jsonl", tmp_path / "elsewhere.jsonl")
     os.symlink(tmp_path / "elsewhere.jsonl", linked / "events.jsonl")
     code, out, err = cli(capsys, "runs", "--runs-root", str(tmp_path / "runs"))
     assert code == 0, err
     rows = {r[0]: r[1] for r in map(str.split, out.splitlines()) if len(r) >= 8 and r[0][:2] in ("a-", "b-", "c-") and not r[0].endswith(":")}
     assert rows == {"a-good": "finished", "b-garbled": "finished", "c-linked": "unreadable"}, out
-    assert "b-garbled: 4 unreadable lines in events.jsonl" in out
+    garbled = next(line for line in out.splitlines() if line.startswith("b-garbled:"))
+    assert "5 unreadable lines in events.jsonl" in garbled and "utf-16" not in garbled
+    assert "--resume" not in garbled  # it finished: nothing to continue
     assert "c-linked:" in out and "symbolic link" in out
 
     with open_run(bad) as run:
         reader = EventReader(run)
         events = [e for e, _ in reader.read_all(final=True)]
-    assert events == script and reader.bad == 4
+    assert events == script and reader.bad == 5
 
     seen = Recorder(lambda e: follower.stop() if isinstance(e, Watching) else None)
     follower = Follower(bad, seen)
