@@ -326,8 +326,8 @@ class CbamApp(App[int]):
         """The footer shows the keys that act now (it recomposes after a refresh, not at once)."""
         from textual.widgets._footer import FooterKey
 
-        if self.screen is not self.screen_stack[0]:
-            return True  # a dialog or help is up: its own keys
+        if self.screen is not self.screen_stack[0] or not self.app_focus:
+            return True  # a dialog or help is up (its own keys), or the footer waits for focus to recompose
         wanted = {b.binding.action for b in self.screen.active_bindings.values() if b.binding.show}
         return {key.action for key in self.screen.query(FooterKey)} == wanted
 
