@@ -66,7 +66,7 @@ class Recorder:
         if self.react is not None:
             self.react(e)
 
-    def kinds(self, skip: tuple[str, ...] = ("loading", "progress", "iter_losses", "checkpoint_saved")) -> list[str]:
+    def kinds(self, skip: tuple[str, ...] = ("loading", "progress", "iter_losses", "checkpoint_saved", "system")) -> list[str]:
         return [e.kind for e in self.events if e.kind not in skip]
 
     def of(self, cls: type) -> list[Any]:
