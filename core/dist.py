@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -36,10 +37,10 @@ MAX_AHEAD = 1000  # steps between exchanges, at most
 STEERING_TIMEOUT = timedelta(days=7)  # a paused group waits in the steering group, which may take long
 
 
-def in_job() -> bool:
+def in_job(env: Mapping[str, str] | None = None) -> bool:
     """Whether torchrun (RANK) or srun (several SLURM tasks and a MASTER_ADDR) started this
     process as one of several."""
-    env = os.environ
+    env = os.environ if env is None else env
     return "RANK" in env or (int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "MASTER_ADDR" in env)
 
 
@@ -47,7 +48,7 @@ def from_slurm(env: dict[str, str] | os._Environ[str]) -> None:
     """Under srun (and not torchrun), the variables torch.distributed reads, from SLURM's:
     SLURM_PROCID -> RANK, SLURM_NTASKS -> WORLD_SIZE, SLURM_LOCALID -> LOCAL_RANK; the
     port defaults to 29500 (MASTER_ADDR is the script's to set)."""
-    if "RANK" in env or not (int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "MASTER_ADDR" in env):
+    if "RANK" in env or not in_job(env):
         return
     env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
     env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
