@@ -1,10 +1,28 @@
-"""What the dashboard costs: training throughput under it against headless, the
-curves' redraw time with a full run's 40,000 iteration points, the CPU the app
-uses while paused, and how fast a key press changes the screen while training.
+"""What the dashboard costs the training it shows.
 
-Run from the repository root (needs tmux for the pseudo-terminal):
+Legs, each a real `cbam-tui demo` headless and under the dashboard (in a tmux
+pseudo-terminal), run in alternating pairs (headless first in odd pairs, the
+dashboard first in even ones), medians of the pairs:
 
-    python bench/dashboard.py [--repeats 2]
+- dispatch: 8x8 images, batch 8, one epoch per stage: a step of tens of ms,
+  where the training thread needs Python for most of it, as on a GPU;
+- standard: 16x16 images, batch 32 (the earlier benchmark's run);
+- gpu64, gpu512: 32x32 images on CUDA, batch 64 and 512 (bench/gpu_check.sh).
+
+Throughput is training images per second of training time, from the runs' own
+events.jsonl. The dashboard's runs report the UI thread's CPU time while the run
+trained (the app's own measurement, `CBAM_TUI_UI_REPORT`), as a share of that
+wall time; `--py-spy` also samples which thread holds the GIL for one window.
+
+Then: the UI thread's share on the default view at 80x24 and 200x50 and on the
+curves view at 120x40 (dispatch leg); the plots' build time with a full run's
+40,000 points; key to screen while training (a view switch, and `p` until
+PAUSED shows); the CPU of a paused dashboard; and `watch`'s key latency through
+the run directory.
+
+Run from the repository root (needs tmux):
+
+    python bench/dashboard.py [--pairs 3] [--legs dispatch,standard] [--py-spy]
 """
 
 from __future__ import annotations
@@ -24,37 +42,156 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CBAM_TUI = str(Path(sys.executable).with_name("cbam-tui"))
-# A short, real CPU training: 20 batches of 32 at 16x16 per epoch, one epoch per stage.
-RUN = ["--image-size", "16", "--limit-train", "640", "--limit-test", "64", "--batch-size", "32", "--log-every", "5"]
+LEGS = {
+    "dispatch": ["--image-size", "8", "--batch-size", "8", "--limit-train", "960", "--limit-test", "32",
+                 "--stage-epochs", "1,1,1", "--log-every", "5"],
+    "standard": ["--image-size", "16", "--batch-size", "32", "--limit-train", "640", "--limit-test", "64",
+                 "--stage-epochs", "1,1,1", "--log-every", "5"],
+    # On a GPU (bench/gpu_check.sh): 32x32, the default plan's shape, every step dispatch-bound.
+    "gpu64": ["--device", "cuda", "--image-size", "32", "--batch-size", "64", "--limit-train", "9600",
+              "--limit-test", "1000", "--stage-epochs", "1,1,1", "--log-every", "100"],
+    "gpu512": ["--device", "cuda", "--image-size", "32", "--batch-size", "512", "--limit-train", "20480",
+               "--limit-test", "1000", "--stage-epochs", "1,1,1", "--log-every", "10"],
+}
 
 
-def train_ips(run_dir: Path) -> float:
-    """Training images per second of training time, over the whole run."""
-    epochs = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines() if '"epoch_ended"' in x]
-    images = sum(e["batches_done"] * 32 for e in epochs)
-    return images / sum(e["batches_done"] * 32 / e["images_per_second"] for e in epochs)
+def events(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
 
 
-def headless(run_dir: Path) -> float:
-    subprocess.run([CBAM_TUI, "demo", "--headless", "--run-dir", str(run_dir), *RUN], check=True, capture_output=True)
-    return train_ips(run_dir)
+def throughput(run_dir: Path) -> tuple[float, list[float], int]:
+    """Training images/s of training time over the run, and per epoch; torch's threads."""
+    evs = events(run_dir)
+    started = next(e for e in evs if e["event"] == "run_started")
+    epochs = [e for e in evs if e["event"] == "epoch_ended"]
+    batch = started["batch_size"]
+    images = sum(e["batches_done"] * batch for e in epochs)
+    seconds = sum(e["batches_done"] * batch / e["images_per_second"] for e in epochs)
+    return images / seconds, [e["images_per_second"] for e in epochs], started.get("threads", 0)
 
 
 def tmux(*args: str) -> str:
     return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout
 
 
-def dashboard(run_dir: Path, session: str = "cbam-bench") -> float:
+def headless(run_dir: Path, leg: list[str]) -> dict:
+    subprocess.run([CBAM_TUI, "demo", "--headless", "--run-dir", str(run_dir), *leg], check=True, capture_output=True)
+    total, per_epoch, threads = throughput(run_dir)
+    return {"ips": total, "epochs": per_epoch, "threads": threads}
+
+
+def dashboard(run_dir: Path, leg: list[str], size: tuple[int, int] = (120, 40), keys: str = "",
+              py_spy: float = 0.0) -> dict:
+    """One run under the dashboard in a fresh tmux pane; ``keys`` pressed once it trains."""
+    report = run_dir.parent / f"{run_dir.name}.ui.json"
     done = run_dir.parent / f"{run_dir.name}.exit"
-    cmd = f"TERM=xterm-256color {CBAM_TUI} demo --run-dir {run_dir} {' '.join(RUN)}; echo $? > {done}"
-    tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30", cmd)
-    events = run_dir / "events.jsonl"
-    while not (events.exists() and '"run_finished"' in events.read_text()):
+    cmd = f"TERM=xterm-256color CBAM_TUI_UI_REPORT={report} {CBAM_TUI} demo --run-dir {run_dir} {' '.join(leg)}"
+    pane, shell = tmux("new-session", "-d", "-P", "-F", "#{pane_id} #{pane_pid}", "-s", f"bench-{run_dir.name}",
+                       "-x", str(size[0]), "-y", str(size[1]), f"{cmd}; echo $? > {done}").split()
+    log = run_dir / "events.jsonl"
+    while not (log.exists() and '"stage_started"' in log.read_text()):
+        time.sleep(0.2)
+    if keys:
+        tmux("send-keys", "-t", pane, keys)
+    spy = None
+    if py_spy:
+        while '"stage":2' not in log.read_text().replace(" ", ""):  # stage 2: the UI has settled in
+            time.sleep(0.2)
+        raw = run_dir.parent / f"{run_dir.name}.gil"
+        pid = subprocess.run(["pgrep", "-P", shell], capture_output=True, text=True).stdout.split()[0]  # cbam-tui
+        # --nonblocking: py-spy reads the process without stopping it (its default pauses it at
+        # every sample, which would show as the dashboard's cost).
+        spy = subprocess.Popen(["py-spy", "record", "--gil", "--threads", "--nonblocking", "--rate", "100",
+                                "--duration", str(int(py_spy)), "--format", "raw", "-o", str(raw), "--pid", pid],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while '"run_finished"' not in log.read_text():
         time.sleep(0.5)
-    tmux("send-keys", "-t", session, "q")
+    tmux("send-keys", "-t", pane, "q")
     while not done.exists():
         time.sleep(0.2)
-    return train_ips(run_dir)
+    tmux("kill-pane", "-t", pane)
+    total, per_epoch, threads = throughput(run_dir)
+    ui = json.loads(report.read_text())
+    out = {"ips": total, "epochs": per_epoch, "threads": threads, "ui_share": ui["ui_cpu_s"] / max(ui["wall_s"], 1e-9)}
+    if spy is not None:
+        spy.wait()
+        out["gil"] = gil_shares(run_dir.parent / f"{run_dir.name}.gil", py_spy)
+    return out
+
+
+def gil_shares(raw: Path, seconds: float) -> dict[str, float]:
+    """py-spy's --gil samples per thread, as a share of the wall time (100 samples a second)."""
+    counts: dict[str, int] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        thread = stack.split(";")[0].split(": ", 1)[-1].rstrip(")")
+        counts[thread] = counts.get(thread, 0) + int(n)
+    return {k: v / (100 * seconds) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+
+
+def pairs(tmp: Path, name: str, leg: list[str], n: int, py_spy: float) -> None:
+    rows = []
+    for r in range(n):
+        order = ("headless", "dashboard") if r % 2 == 0 else ("dashboard", "headless")
+        got = {}
+        for who in order:
+            path = tmp / f"{name}-{who}-{r}"
+            got[who] = headless(path, leg) if who == "headless" else dashboard(path, leg)
+        h, d = got["headless"], got["dashboard"]
+        rows.append((h, d))
+        step_ms = 1000 * int(leg[leg.index("--batch-size") + 1]) / h["ips"]
+        print(f"{name} pair {r + 1} ({' then '.join(order)}): headless {h['ips']:.1f} img/s "
+              f"({step_ms:.0f} ms a step; epochs {', '.join(f'{x:.0f}' for x in h['epochs'])}), dashboard "
+              f"{d['ips']:.1f} img/s (epochs {', '.join(f'{x:.0f}' for x in d['epochs'])}) = "
+              f"{100 * d['ips'] / h['ips']:.1f}%; UI thread {100 * d['ui_share']:.2f}% of the wall time; "
+              f"threads {h['threads']}/{d['threads']}", flush=True)
+    ratios = [d["ips"] / h["ips"] for h, d in rows]
+    shares = [d["ui_share"] for _, d in rows]
+    print(f"{name}: the dashboard keeps {100 * statistics.median(ratios):.1f}% of headless (median of {n} pairs: "
+          f"{', '.join(f'{100 * x:.1f}%' for x in ratios)}); UI thread median {100 * statistics.median(shares):.2f}% "
+          f"of the wall time", flush=True)
+    if py_spy:  # a run of its own, outside the pairs: a sampler costs something even when it does not stop it
+        d = dashboard(tmp / f"{name}-py-spy", leg, py_spy=py_spy)
+        print(f"{name}, py-spy --gil over {py_spy:.0f} s of stage 2: GIL held by "
+              f"{', '.join(f'{k} {100 * v:.1f}%' for k, v in d['gil'].items())} of the wall time; the app's own "
+              f"measure of the UI thread {100 * d['ui_share']:.2f}%", flush=True)
+
+
+def shares_at_sizes(tmp: Path) -> None:
+    leg = LEGS["dispatch"]
+    for size, keys, what in (((80, 24), "", "default view"), ((200, 50), "", "default view"),
+                             ((120, 40), "6", "curves view")):
+        d = dashboard(tmp / f"share-{size[0]}x{size[1]}-{keys or 1}", leg, size, keys)
+        print(f"UI thread at {size[0]}x{size[1]}, {what}: {100 * d['ui_share']:.2f}% of the wall time "
+              f"({d['ips']:.1f} img/s)", flush=True)
+
+
+async def build_ms() -> tuple[list[float], list[float]]:
+    """The three dashboard plots' build time with a full run's 40,000 iteration points."""
+    from tests.conftest import tiny_config
+    from tests.scripted import ScriptedTrainer, events
+    from tui.app import make_app
+    from tui.links import InProcessLink
+    from tui.widgets.curves import EpochCurve, LossCurve
+
+    script = ScriptedTrainer(lambda: events(epochs=50))
+    app = make_app(InProcessLink(tiny_config(Path(tempfile.mkdtemp())), trainer=script))
+    loss, all3 = [], []
+    async with app.run_test(size=(120, 40)) as pilot:
+        while not (len(app.state.epochs) == 50 and app.settled):
+            await pilot.pause(0.1)
+        dashboard = app.query_one("#dashboard")
+        curves = [dashboard.query_one("#loss-curve", LossCurve), *dashboard.query(EpochCurve)]
+        for _ in range(20):
+            t = time.perf_counter()
+            for i, curve in enumerate(curves):
+                curve.invalidate()
+                curve.render_line(0)
+                if i == 0:
+                    loss.append((time.perf_counter() - t) * 1000)
+            all3.append((time.perf_counter() - t) * 1000)
+        await pilot.press("q", "y")
+    return loss, all3
 
 
 def cpu_seconds(pid: int) -> float:
@@ -62,50 +199,59 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def paused_cpu_and_key_latency(tmp: Path, session: str = "cbam-pause") -> tuple[float, list[float]]:
-    run_dir = tmp / "paused"
-    cmd = f"TERM=xterm-256color exec {CBAM_TUI} demo --run-dir {run_dir} {' '.join(RUN)} --stage-epochs 5,1,1"
-    pane, pid_text = tmux("new-session", "-d", "-P", "-F", "#{pane_id} #{pane_pid}", "-s", session,
-                          "-x", "100", "-y", "30", cmd).split()
-    pid, session = int(pid_text), pane  # address the pane by id: names can match other sessions
-    while "batch 5/" not in tmux("capture-pane", "-p", "-t", session):
-        time.sleep(0.1)
-    latencies = []
-    views = [("2", "◆ CBAM", "Module"), ("1", "Module", "◆"), ("3", "trainable:", "Module"), ("1", "Module", "◆")]
-    for key, shown, gone in views * 3:
-        tmux("send-keys", "-t", session, key)
+def keys_while_training(tmp: Path) -> tuple[list[float], list[float], float]:
+    """View switches and `p` (until PAUSED shows) while training, and a paused dashboard's CPU."""
+    run_dir = tmp / "keys"
+    leg = [*LEGS["dispatch"], "--stage-epochs", "5,1,1"]
+    cmd = f"TERM=xterm-256color exec {CBAM_TUI} demo --run-dir {run_dir} {' '.join(leg)}"
+    pane, pid_text = tmux("new-session", "-d", "-P", "-F", "#{pane_id} #{pane_pid}", "-s", "bench-keys",
+                          "-x", "120", "-y", "40", cmd).split()
+    pid = int(pid_text)
+
+    def until(found, gone: str = "\0") -> float:
         t = time.perf_counter()
         while True:
-            screen = tmux("capture-pane", "-p", "-t", session)
-            if shown in screen and gone not in screen:
-                break
+            screen = tmux("capture-pane", "-p", "-t", pane)
+            if found in screen and gone not in screen:
+                return (time.perf_counter() - t) * 1000
             time.sleep(0.005)
-        latencies.append((time.perf_counter() - t) * 1000)
+
+    until("batch 20/")
+    views = []
+    for key, shown, gone in [("2", "◆ CBAM", "Module"), ("1", "Module", "◆"), ("3", "trainable:", "Module"),
+                             ("1", "Module", "◆")] * 3:
+        tmux("send-keys", "-t", pane, key)
+        views.append(until(shown, gone))
         time.sleep(0.3)
-    tmux("send-keys", "-t", session, "p")
-    time.sleep(3.0)  # the batch in flight ends; the trainer waits
+    pauses = []
+    for _ in range(5):
+        time.sleep(1.0)
+        tmux("send-keys", "-t", pane, "p")
+        pauses.append(until(" PAUSED "))
+        time.sleep(0.5)
+        tmux("send-keys", "-t", pane, "p")
+        until(" RUNNING ")
+    tmux("send-keys", "-t", pane, "p")
+    until(" PAUSED ")
+    time.sleep(3.0)
     c0, t0 = cpu_seconds(pid), time.perf_counter()
     time.sleep(10.0)
-    share = (cpu_seconds(pid) - c0) / (time.perf_counter() - t0)
-    tmux("kill-session", "-t", session)
-    return share, latencies
+    paused = (cpu_seconds(pid) - c0) / (time.perf_counter() - t0)
+    tmux("kill-pane", "-t", pane)
+    return views, pauses, paused
 
 
-def attached_key_latency(tmp: Path, presses: int = 10, session: str = "cbam-attach") -> tuple[list[float], list[float]]:
-    """`watch` on a detached run: key press to changed screen, through the run directory.
-
-    Paused to running is the link alone (the trainer waits, polling its inbox); running
-    to paused also waits for the batch in flight to end.
-    """
+def attached_key_latency(tmp: Path, presses: int = 10) -> tuple[list[float], list[float]]:
+    """`watch` on a detached run: key press to changed screen, through the run directory."""
     root = tmp / "attached"
     started = subprocess.run(
-        [CBAM_TUI, "demo", "--detach", "--runs-root", str(root), *RUN, "--stage-epochs", "50,1,1"],
+        [CBAM_TUI, "demo", "--detach", "--runs-root", str(root), *LEGS["standard"], "--stage-epochs", "50,1,1"],
         capture_output=True, text=True, check=True,
     )
     (run,) = root.iterdir()
     pid = int((run / "run.pid").read_text())
     subprocess.run([CBAM_TUI, "ctl", str(run), "pause"], check=True, capture_output=True)
-    pane = tmux("new-session", "-d", "-P", "-F", "#{pane_id}", "-s", session, "-x", "100", "-y", "30",
+    pane = tmux("new-session", "-d", "-P", "-F", "#{pane_id}", "-s", "bench-attach", "-x", "100", "-y", "30",
                 f"TERM=xterm-256color exec {CBAM_TUI} watch {run}").strip()
 
     def until(word: str) -> None:
@@ -129,68 +275,47 @@ def attached_key_latency(tmp: Path, presses: int = 10, session: str = "cbam-atta
     return to_running, to_paused
 
 
-async def redraw_ms() -> tuple[list[float], list[float]]:
-    from tests.conftest import tiny_config
-    from tests.scripted import ScriptedTrainer, events
-    from tui.app import make_app
-    from tui.links import InProcessLink
-    from tui.widgets.curves import EpochCurve, LossCurve
-
-    script = ScriptedTrainer(lambda: events(epochs=50))
-    app = make_app(InProcessLink(tiny_config(Path(tempfile.mkdtemp())), trainer=script))
-    loss, all3 = [], []
-    async with app.run_test(size=(100, 30)) as pilot:
-        while len(app.state.epochs) < 50:
-            await pilot.pause(0.1)
-        assert len(app.state.iter_losses) >= 39_000
-        dashboard = app.query_one("#dashboard")  # the dashboard's own plots (the curves view has others)
-        curves = [dashboard.query_one("#loss-curve", LossCurve), *dashboard.query(EpochCurve)]
-        assert len(curves) == 3 and all(c.size.width > 0 for c in curves)
-        for _ in range(20):
-            t = time.perf_counter()
-            for i, curve in enumerate(curves):
-                curve.update_from(app.state)
-                curve.render()
-                if i == 0:
-                    loss.append((time.perf_counter() - t) * 1000)
-            all3.append((time.perf_counter() - t) * 1000)
-        await pilot.press("q", "y")
-    return loss, all3
+def spread(values: list[float]) -> str:
+    return f"median {statistics.median(values):.0f} ms, max {max(values):.0f} ms of {len(values)}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--only-attached", action="store_true", help="measure only the attached dashboard's keys")
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--legs", default="dispatch,standard")
+    parser.add_argument("--py-spy", action="store_true",
+                        help="after the pairs, one more dashboard run of each leg sampled by py-spy --gil")
+    parser.add_argument("--only", choices=("pairs", "sizes", "build", "keys", "attached"), action="append")
     args = parser.parse_args()
     if shutil.which("tmux") is None:
         sys.exit("bench/dashboard.py needs tmux")
+    if args.py_spy and shutil.which("py-spy") is None:
+        sys.exit("--py-spy needs py-spy (pip install py-spy)")
+    only = set(args.only or ("pairs", "sizes", "build", "keys", "attached"))
+    import torch
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    cpu = "AVX512-BF16" if "avx512_bf16" in flags else "AVX2" if "avx2" in flags else "other"
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs ({cpu}), Python {sys.version.split()[0]}", flush=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        if args.only_attached:
-            running, paused = attached_key_latency(tmp)
-            print(f"watch, paused -> RUNNING: median {statistics.median(running):.0f} ms, max {max(running):.0f} ms; "
-                  f"running -> PAUSED: median {statistics.median(paused):.0f} ms, max {max(paused):.0f} ms")
-            return
-        plain, dash = [], []
-        for r in range(args.repeats):  # alternating, so drift hits both alike
-            plain.append(headless(tmp / f"headless-{r}"))
-            dash.append(dashboard(tmp / f"dashboard-{r}"))
-            print(f"repeat {r + 1}: headless {plain[-1]:.1f} img/s, dashboard {dash[-1]:.1f} img/s", flush=True)
-        h, d = statistics.median(plain), statistics.median(dash)
-        print(f"training throughput: dashboard keeps {100 * d / h:.1f}% of headless ({d:.1f} vs {h:.1f} img/s)")
-        loss, all3 = asyncio.run(redraw_ms())
-        print(f"redraw with 40,000 iteration points: loss curve median {statistics.median(loss):.1f} ms "
-              f"(max {max(loss):.1f}); all three plots median {statistics.median(all3):.1f} ms")
-        share, latencies = paused_cpu_and_key_latency(tmp)
-        print(f"CPU while paused: {100 * share:.1f}% of one core")
-        lat = statistics.median(latencies)
-        print(f"key to screen while training: median {lat:.0f} ms, max {max(latencies):.0f} ms")
-        running, paused = attached_key_latency(tmp)
-        print(f"watch (run directory link), p on a paused run until RUNNING shows: median "
-              f"{statistics.median(running):.0f} ms, max {max(running):.0f} ms of {len(running)}")
-        print(f"  p on a running run until PAUSED shows (the batch in flight ends first): median "
-              f"{statistics.median(paused):.0f} ms, max {max(paused):.0f} ms of {len(paused)}")
+        if "pairs" in only:
+            for name in args.legs.split(","):
+                pairs(tmp, name, LEGS[name], args.pairs, 15.0 if args.py_spy else 0.0)
+        if "sizes" in only:
+            shares_at_sizes(tmp)
+        if "build" in only:
+            loss, all3 = asyncio.run(build_ms())
+            print(f"plots at 120x40 with 40,000 iteration points: loss curve built in {statistics.median(loss):.1f} ms "
+                  f"(median, max {max(loss):.1f}); all three {statistics.median(all3):.1f} ms", flush=True)
+        if "keys" in only:
+            views, pauses, paused = keys_while_training(tmp)
+            print(f"key to screen while training: view switch {spread(views)}; p until PAUSED shows {spread(pauses)}")
+            print(f"CPU of a paused dashboard: {100 * paused:.1f}% of one core", flush=True)
+        if "attached" in only:
+            running, paused_ = attached_key_latency(tmp)
+            print(f"watch (run directory link): p on a paused run until RUNNING shows: {spread(running)}; "
+                  f"p on a running run until PAUSED shows (the batch in flight ends first): {spread(paused_)}")
 
 
 if __name__ == "__main__":

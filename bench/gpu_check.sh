@@ -11,6 +11,8 @@
 #    one process on the same GPU, and --sync-bn (one GPU is enough; all of them are used)
 # 6. the transfer study at full size, with the seed's 5/15/30 epochs: the seed's plan, the
 #    default and one stage, one seed (about 3 minutes on an H200; needs the real JPEGs)
+# 7. what the dashboard costs a GPU run: headless against the dashboard in tmux, 3 alternating
+#    pairs at batch 64 and at batch 512 (32x32), and the UI thread's share of the wall time
 #
 # Budgeted for about 11 minutes on an H100/H200. --dry-run: tiny sizes on whatever
 # device there is (the test suite runs it on the CPU so it cannot rot).
@@ -58,10 +60,10 @@ else
 fi
 $PY bench/gpu_check.py epoch sync compile --device "$DEVICE" $DRY
 echo "== 5. one process against --nproc-per-node (every GPU present, NCCL), one epoch of stage 3"
-NPROC=$($PY -c "import torch; print(max(1, torch.cuda.device_count()))")
 if [ -n "$DRY" ]; then
     $PY bench/ddp.py --dry-run --device "$DEVICE"
 else
+    NPROC=$($PY -c "import torch; print(max(1, torch.cuda.device_count()))")
     DDP_DATA=(--limit 20000)
     if [ -n "$DATA" ]; then DDP_DATA+=(--data "$DATA"); fi
     $PY bench/ddp.py "${DDP_DATA[@]}" --device cuda --nproc "$NPROC" --batch-size 256 --repeats 1
@@ -76,5 +78,13 @@ else
     TRANSFER=(--device cuda --train-images 25000 --test-images 5000 --stage-epochs 5,15,30 --seeds 1
               --batch-size 256 --only 1,2,6 --out bench/transfer-results-gpu.md)
     $PY bench/transfer.py --data "$DATA" "${TRANSFER[@]}"
+fi
+echo "== 7. the dashboard's cost on the GPU: headless against the dashboard, batch 64 and 512"
+if [ -n "$DRY" ]; then
+    echo "(dry run: bench/dashboard.py needs tmux and minutes; skipped)"
+elif ! command -v tmux >/dev/null 2>&1; then
+    echo "(no tmux: apt-get install tmux; skipped)"
+else
+    $PY bench/dashboard.py --legs gpu64,gpu512 --pairs 3 --only pairs
 fi
 echo "== done"

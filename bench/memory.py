@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from core.rundir import Command, send, wait_taken
+from core.inbox import send, wait_taken
+from core.vocab import Command
 
 
 def events(run: Path) -> list[dict]:

@@ -23,6 +23,14 @@ the table gives medians. Run from the repository root:
 temporary image folder instead, which cost the seed's loader the same to decode.
 --dry-run: tiny sizes (a few random 8x8 JPEGs, one measured step), to check that
 the script runs; its numbers mean nothing.
+
+--overhead: what the Trainer's own machinery costs per step (events, meters,
+progress, steering, the run directory), where a step is short and dispatch-bound:
+the real Trainer, headless, against a bare nanoGPT-style loop over the same
+prepared data, model, augmentation, autocast, channels_last and optimizer (one
+loss read at the end), in each stage, alternating which goes first:
+
+    python bench/train_step.py --overhead [--batch-size 8] [--image-size 8] [--epoch-batches 120] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from torchvision import datasets, transforms
 from core.augment import MEAN, STD
 from core.config import RunConfig
 from core.control import Control
-from core.events import BatchLogged, Event, RunStarted
+from core.events import BatchLogged, EpochEnded, Event, RunStarted
 from core.model import ResNet18CBAM
 from core.plan import PlanOptions, build_plan
 from core.train import Trainer
@@ -126,6 +134,76 @@ def trainer_stage(
     return len(timed) * batch / seconds, started[0].precision
 
 
+def overhead_config(runs: Path, stage: int, batch: int, size: int, steps: int, device: str) -> RunConfig:
+    epochs = ",".join("1" if s == stage else "0" for s in range(3))
+    return RunConfig(
+        dataset="synthetic", weights="none", image_size=size, batch_size=batch, limit_train=batch * steps,
+        limit_test=batch, runs_root=str(runs), name="bench", device=device,
+        plan=build_plan(PlanOptions(stage_epochs=epochs)),
+    )
+
+
+def trainer_epoch(config: RunConfig) -> float:
+    """Images/s of the Trainer's one epoch (training time, as its epoch_ended event says)."""
+    ended: list[EpochEnded] = []
+    Trainer(config, lambda e: ended.append(e) if isinstance(e, EpochEnded) else None, Control()).run()
+    return ended[0].images_per_second
+
+
+def bare_epoch(config: RunConfig, stage: int) -> float:
+    """Images/s of a bare loop over what the Trainer would prepare for the same epoch."""
+    from core.data import batch_indices, epoch_generator
+    from core.optim import stage_optimizer
+    from core.prepare import prepare
+
+    s = prepare(config, lambda _e: None)
+    try:
+        optimizer, _, _ = stage_optimizer(s.model, s.config.plan, stage, s.device)
+        s.model.train()
+        batches = batch_indices(len(s.train_y), config.batch_size, config.seed, 1, s.train_y.device)
+        _sync(s.device)
+        t0 = time.perf_counter()
+        for b, idx in enumerate(batches):
+            x = s.augment.train(s.train_x[idx].to(s.device), epoch_generator(config.seed, 1, b, s.device))
+            if s.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with s.autocast():
+                loss = F.cross_entropy(s.step_model(x), s.train_y[idx].to(s.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        loss.item()
+        return len(s.train_y) / (time.perf_counter() - t0)
+    finally:
+        if s.rundir is not None:
+            s.rundir.close()
+
+
+def overhead(args: argparse.Namespace, work: Path) -> int:
+    if args.batch_size == 64:  # the step benchmark's default: the dispatch-bound regime is small batches
+        args.batch_size = 8
+    print(f"torch {torch.__version__}, device {args.device}; synthetic {args.image_size}x{args.image_size} images, "
+          f"batch {args.batch_size}, {args.epoch_batches} batches an epoch, {args.repeats} repeats")
+    ratios: list[list[float]] = [[], [], []]
+    for r in range(args.repeats):
+        for stage in range(3):
+            got: dict[str, float] = {}
+            order = ("bare", "trainer") if (r + stage) % 2 == 0 else ("trainer", "bare")
+            for who in order:
+                config = overhead_config(work / f"{who}-{r}-{stage}", stage, args.batch_size, args.image_size,
+                                         args.epoch_batches, args.device)
+                got[who] = bare_epoch(config, stage) if who == "bare" else trainer_epoch(config)
+            ratios[stage].append(got["trainer"] / got["bare"])
+            step_ms = 1000 * args.batch_size / got["bare"]
+            print(f"repeat {r + 1} stage {stage + 1} ({' then '.join(order)}): bare {got['bare']:.1f} img/s "
+                  f"({step_ms:.1f} ms a step), Trainer {got['trainer']:.1f} img/s = {100 * ratios[stage][-1]:.1f}%",
+                  flush=True)
+    for stage, values in enumerate(ratios):
+        print(f"stage {stage + 1}: the Trainer keeps {100 * statistics.median(values):.1f}% of the bare loop "
+              f"(median of {len(values)}: {', '.join(f'{100 * v:.1f}%' for v in values)})")
+    return 0
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -158,10 +236,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time the Trainer with --compile")
     parser.add_argument("--json", type=Path, help="write the medians here too")
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--overhead", action="store_true", help="the Trainer against a bare loop, dispatch-bound")
+    parser.add_argument("--image-size", type=int, default=8, help="with --overhead")
+    parser.add_argument("--epoch-batches", type=int, default=120, help="with --overhead: batches in the timed epoch")
     args = parser.parse_args(argv)
     size = 32
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if args.overhead:
+            if args.dry_run:
+                args.repeats, args.epoch_batches = 1, 3
+            return overhead(args, work)
         if args.dry_run:
             args.data = fake_image_folder(work / "images", 4, 8)
             args.repeats, args.warmup, args.steps, args.batch_size, size = 1, 1, 1, 8, 8

@@ -13,7 +13,9 @@ horse, ship, truck), at the same epoch budget, with several seeds.
     python bench/transfer.py --device cuda --train-images 25000 --test-images 5000 \
         --stage-epochs 5,15,30 --seeds 1 --only 1,2,6 --batch-size 256   # full size, bench/gpu_check.sh
 
-Writes a Markdown table (and the raw numbers as JSON) to --out.
+Writes a Markdown table (and the raw numbers as JSON) to --out: bench/transfer-results.md
+by default, and for a dry run a new temporary directory (a dry run never writes into
+bench/, where the recorded study lives).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "transfer-results.md"
 SOURCE = ("airplane", "automobile", "bird", "cat", "deer")
 TARGET = ("dog", "frog", "horse", "ship", "truck")
 
@@ -90,8 +94,12 @@ def plans(work: Path, epochs: tuple[int, int, int]) -> list[Plan]:
 
 
 def pretrain(data: Path, out: Path, image_size: int, epochs: int, limit: int | None, cache: Path,
-             where: str) -> dict[str, float]:
-    """A standard resnet18 trained on the source classes; its state dict saved as torchvision's is."""
+             where: str, seed: int = 0) -> dict[str, float]:
+    """A standard resnet18 trained on the source classes; its state dict saved as torchvision's is.
+
+    Seeded: torch seeds its global generator at random in every process, so an unseeded
+    init made each study (and each dry run) start from another stand-in, and a failure of
+    one could never be run again."""
     import torch
     import torch.nn.functional as F
     from torchvision.models import resnet18
@@ -107,6 +115,7 @@ def pretrain(data: Path, out: Path, image_size: int, epochs: int, limit: int | N
     precision = resolve_precision("auto", device)
     split.train.images, split.train.labels = split.train.images.to(device), split.train.labels.to(device)
     split.test.images, split.test.labels = split.test.images.to(device), split.test.labels.to(device)
+    torch.manual_seed(seed)
     model = resnet18(weights=None).to(device, memory_format=torch.channels_last)  # 1000-way fc, as the real file
     augment = Augmenter("flip-crop", device)
     batch = 128
@@ -125,6 +134,10 @@ def pretrain(data: Path, out: Path, image_size: int, epochs: int, limit: int | N
             loss.backward()
             optimizer.step()
             schedule.step()
+        broken = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if broken:  # every fine-tune would start from it and stop at its first batch
+            raise SystemExit(f"the stand-in's {broken[0]} (and {len(broken) - 1} more) is not finite after epoch "
+                             f"{epoch} ({precision}, seed {seed})")
         acc = _accuracy(model, split.test.images, split.test.labels, augment, cast)
         print(f"  stand-in epoch {epoch}/{epochs}: test acc on the source classes {acc:.2f}% "
               f"({time.perf_counter() - t:.0f} s)", flush=True)
@@ -215,10 +228,16 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the stand-in and every run)")
-    parser.add_argument("--out", type=Path, default=Path("bench/transfer-results.md"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the table (and .json beside it); default bench/transfer-results.md, "
+                        "for --dry-run a new temporary directory")
     parser.add_argument("--only", default="", help="comma-separated plan numbers (1-based) to run; default all")
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes: the script runs end to end in seconds")
     args = parser.parse_args()
+    if args.dry_run and args.out is not None and args.out.resolve().parent == BENCH:
+        parser.error(f"--dry-run writes nowhere the recorded results live: --out {args.out} is in {BENCH}")
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="transfer-dry-run-")) / RESULTS.name if args.dry_run else RESULTS
     if args.dry_run:
         args.image_size, args.train_images, args.test_images = 8, 20, 10
         args.stage_epochs, args.pretrain_epochs, args.pretrain_images, args.seeds = "1,0,1", 1, 100, 1
@@ -269,6 +288,7 @@ def main() -> int:
     args.out.with_suffix(".json").write_text(json.dumps(
         {"stand_in": stand_in, "wall_seconds": wall, "args": {k: str(v) for k, v in vars(args).items()},
          "plans": [{"name": p.name, "results": p.results} for p in chosen]}, indent=1))
+    print(f"results: {args.out} and {args.out.with_suffix('.json')}")
     return 0
 
 

@@ -11,15 +11,21 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import RunConfig
 from core.errors import CbamError, CheckpointError
 from core.events import BadEvent, EpochEnded, from_dict
+from core.plan import MAX_LR, MIN_LR
 from core.rundir import check_entries, checkpoint_in, has_checkpoint, home_of_checkpoint, open_run
 from core.safefs import Dir, UnsafeFile
+
+if TYPE_CHECKING:
+    from core.meter import Sums
 
 FORMAT = "cbam-tui"
 ARCH = "resnet18-cbam"
@@ -112,7 +118,61 @@ def serialize(state: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-# --- loading, as untrusted input -----------------------------------------------------
+# --- writing ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What a checkpoint holds: everything a run needs to go on exactly where it stopped."""
+
+    model: dict[str, Any]  # the model's state dict (tensors)
+    optimizer: dict[str, Any]  # the optimizer's state dict, of stage ``optimizer_stage``
+    optimizer_stage: int  # -1: no stage had begun
+    scaler: dict[str, Any] | None  # the fp16 GradScaler's state (None in checkpoints that predate it)
+    config: RunConfig
+    classes: tuple[str, ...]
+    position: Position  # where the run continues
+    sums: Sums  # the epoch's running totals up to ``position``
+    best_acc: float  # percent
+    best_epoch: int  # 0: none yet
+    global_step: int
+    rng: Any  # torch's CPU generator state (a uint8 tensor)
+    history: tuple[EpochEnded, ...]
+    base_lrs: tuple[float, ...] = ()  # each group's rate as live changes left them (() in older checkpoints)
+    world_size: int | None = None  # training processes (None in older checkpoints: one)
+    global_batch: int | None = None  # images a batch of the loop took (None in older checkpoints: batch_size)
+
+
+def write(saved: Saved) -> bytes:
+    """A checkpoint's bytes: its fields as plain data and tensors, its digest inside.
+    The one place that spells the format; `read` is its inverse."""
+    pos = saved.position
+    return serialize({
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": ARCH,
+        "model": saved.model,
+        "optimizer": saved.optimizer,
+        "optimizer_stage": saved.optimizer_stage,
+        "scaler": saved.scaler,
+        "config": saved.config.to_dict(),
+        "classes": list(saved.classes),
+        "position": {
+            "stage": pos.stage, "epoch": pos.epoch, "batch": pos.batch, "trained": pos.trained, "offset": pos.offset,
+        },
+        "sums": saved.sums.to_dict(),
+        "best_acc": saved.best_acc,
+        "best_epoch": saved.best_epoch,
+        "global_step": saved.global_step,
+        "rng": saved.rng,
+        "history": [e.to_dict() for e in saved.history],
+        "base_lrs": list(saved.base_lrs),
+        **({"world_size": saved.world_size} if saved.world_size is not None else {}),
+        **({"global_batch": saved.global_batch} if saved.global_batch is not None else {}),
+    })
+
+
+# --- reading, as untrusted input -----------------------------------------------------
 
 
 def read_bytes(path: Path) -> bytes:
@@ -129,12 +189,48 @@ def read_bytes(path: Path) -> bytes:
     return data
 
 
-def load(path: Path) -> dict[str, Any]:
-    """A checkpoint whose digest matches and whose every field has the right form."""
+def read(path: Path) -> Saved:
+    """The checkpoint at ``path``, its digest matched and every field checked."""
+    import torch
+
+    return _checked(_unpickle(path, lambda: torch.load(io.BytesIO(read_bytes(path)), map_location="cpu",
+                                                       weights_only=True)), path)
+
+
+def read_config(path: Path) -> RunConfig:
+    """The run configuration a checkpoint holds, its digest matched, without reading its
+    weights into memory: the file is mapped, so the digest reads its pages where they lie
+    (the run loads the weights once, later, and checks them again then)."""
     import torch
 
     try:
-        ckpt = torch.load(io.BytesIO(read_bytes(path)), map_location="cpu", weights_only=True)
+        with Dir.open(path.parent, follow=True) as parent:
+            fd = parent.open_file(path.name, os.O_RDONLY)
+    except UnsafeFile as exc:
+        raise CheckpointError(f"cannot resume from {path}: {exc}") from None
+    except FileNotFoundError:
+        raise CheckpointError(f"nothing to resume at {path}: no such run directory or checkpoint") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    try:
+        if os.fstat(fd).st_size > MAX_BYTES:
+            raise CheckpointError(f"cannot resume from {path}: it is larger than {MAX_BYTES} bytes")
+        by_fd = Path(f"/proc/self/fd/{fd}")  # the file this fd opened, whatever the path now names
+        if by_fd.exists():
+            ckpt = _unpickle(path, lambda: torch.load(by_fd, map_location="cpu", weights_only=True, mmap=True))
+        else:  # no /proc: read it whole
+            ckpt = _unpickle(path, lambda: torch.load(io.BytesIO(os.read(fd, MAX_BYTES + 1)), map_location="cpu",
+                                                      weights_only=True))
+        _check_digest(ckpt, path)
+        return _config(ckpt, path)
+    finally:
+        os.close(fd)
+
+
+def _unpickle(path: Path, load: Callable[[], Any]) -> dict[str, Any]:
+    """The checkpoint's dict, if it is one of ours; one sentence otherwise."""
+    try:
+        ckpt = load()
     except CbamError:
         raise
     except Exception as exc:
@@ -147,6 +243,10 @@ def load(path: Path) -> dict[str, Any]:
     if ckpt.get("version") != VERSION:
         version = str(ckpt.get("version"))[:10]
         raise CheckpointError(f"{path} is a checkpoint of format version {version}, not {VERSION}")
+    return ckpt
+
+
+def _check_digest(ckpt: dict[str, Any], path: Path) -> None:
     stored = ckpt.pop("digest", None)
     try:
         actual = digest(ckpt)
@@ -157,12 +257,14 @@ def load(path: Path) -> dict[str, Any]:
             f"{path} is damaged: its content does not match its digest (a flipped byte or a cut write); "
             "resume from another checkpoint, such as checkpoints/best.pt"
         )
-    _check_fields(ckpt, path)
-    return ckpt
 
 
-def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
+def _checked(ckpt: dict[str, Any], path: Path) -> Saved:
     import torch
+
+    from core.meter import Sums
+
+    _check_digest(ckpt, path)
 
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"{path} is not a usable checkpoint: {what}")
@@ -201,14 +303,28 @@ def _check_fields(ckpt: dict[str, Any], path: Path) -> None:
     if not isinstance(ckpt["history"], list):
         raise bad("its history is not a list")
     rates = ckpt.get("base_lrs", [])
-    if not isinstance(rates, list) or not all(_is_num(r) and 0 < r <= 10 for r in rates):
-        raise bad("its learning rates are not positive numbers")
+    if not isinstance(rates, list) or not all(_is_num(r) and MIN_LR <= r <= MAX_LR for r in rates):
+        raise bad(f"its learning rates are not numbers from {MIN_LR:g} to {MAX_LR:g}")
     try:
-        ckpt["history"] = [_epoch(e) for e in ckpt["history"]]
+        history = tuple(_epoch(e) for e in ckpt["history"])
     except BadEvent as exc:
         raise bad(f"its history holds a bad epoch ({exc})") from None
+    return Saved(
+        model=model, optimizer=ckpt["optimizer"], optimizer_stage=ckpt["optimizer_stage"], scaler=ckpt.get("scaler"),
+        config=_config(ckpt, path), classes=tuple(classes),
+        position=Position(pos["stage"], pos["epoch"], pos["batch"], pos["trained"], pos.get("offset", 0)),
+        sums=Sums(float(sums["loss_sum"]), sums["correct"], sums["seen"]),
+        best_acc=float(ckpt["best_acc"]), best_epoch=ckpt["best_epoch"], global_step=ckpt["global_step"],
+        rng=ckpt["rng"], history=history, base_lrs=tuple(float(r) for r in rates),
+        world_size=ckpt.get("world_size"), global_batch=ckpt.get("global_batch"),
+    )
+
+
+def _config(ckpt: dict[str, Any], path: Path) -> RunConfig:
+    if "config" not in ckpt:
+        raise CheckpointError(f"{path} is not a usable checkpoint: it has no 'config'")
     try:
-        ckpt["config"] = RunConfig.from_dict(ckpt["config"], f"the configuration in {path}")
+        return RunConfig.from_dict(ckpt["config"], f"the configuration in {path}")
     except CbamError as exc:
         raise CheckpointError(str(exc)) from None
 
@@ -226,4 +342,3 @@ def _is_int(value: object) -> bool:
 
 def _is_num(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-

@@ -7,11 +7,12 @@ what comes from a file is input, not trust.
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
 
 from core.errors import ConfigError, PlanError
 from core.plan import Plan, default_plan
@@ -25,30 +26,39 @@ MAX_SEED = (1 << 63) - 1
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 
-@dataclass(frozen=True)
-class RunConfig:
+# Ranges are part of the type: msgspec checks them in a saved config, and `validate`
+# checks options typed at the command line against the same declarations.
+def _within(low: int, high: int) -> Meta:
+    return Meta(ge=low, le=high)
+
+
+class RunConfig(Struct, frozen=True):
     # data
     dataset: str = "cifar10"
     data_dir: str = "./data"
     download: bool = True
-    image_size: int = 32  # px; images are resized to image_size x image_size
-    limit_train: int | None = None  # class-balanced subset sizes
-    limit_test: int | None = None
+    image_size: Annotated[int, _within(8, 512)] = 32  # px; images are resized to image_size x image_size
+    limit_train: Annotated[int, _within(2, 1 << 40)] | None = None  # class-balanced subset sizes
+    limit_test: Annotated[int, _within(1, 1 << 40)] | None = None
     augment: str = "seed"
     cache_dir: str | None = None  # decoded image-folder cache; None = ~/.cache/cbam-tui
     classes: str | None = None  # comma-separated class names to train on; None = all
     # model and plan
     weights: str = "imagenet"
-    plan: Plan = field(default_factory=default_plan)
+    plan: Plan = msgspec.field(default_factory=default_plan)
     # loop
-    batch_size: int = 64  # per process
-    nproc_per_node: int = 1  # training processes launched on this machine
+    batch_size: Annotated[int, _within(1, MAX_BATCH)] = 64  # per process
+    nproc_per_node: Annotated[int, _within(1, 1024)] = 1  # training processes launched on this machine
     sync_bn: bool = False  # SyncBatchNorm across the processes (CUDA)
+    # s: a process of a group silent this long (frozen, cut off, gone) stops the group
+    stall_timeout: Annotated[int, _within(2, 7 * 86400)] = 120
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
-    seed: int = 0
-    log_every: int = 100  # batches between loss lines (the seed's 100)
+    seed: Annotated[int, _within(0, MAX_SEED)] = 0
+    # torch's CPU threads; 0: chosen from the CPUs this process can have (core.threads)
+    threads: Annotated[int, _within(0, 1024)] = 0
+    log_every: Annotated[int, _within(1, 1 << 30)] = 100  # batches between loss lines (the seed's 100)
     on_nonfinite: str = "stop"  # the dashboard pauses instead, so a person can look
     # run directory
     name: str = "cbam"
@@ -58,45 +68,50 @@ class RunConfig:
     group_control: bool = False  # the run directory's group may read it and send commands
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        out = msgspec.structs.asdict(self)
         out["plan"] = self.plan.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, data: object, where: str = "the saved configuration") -> RunConfig:
-        """A config read back from a file: every field type-checked, then `validate`d."""
+        """A config read back from a file: every field type-checked, then `validate`d.
+        Keys it does not know (a later version's) are passed over."""
         if not isinstance(data, dict):
             raise ConfigError(f"{where} is not a run configuration")
-        kwargs: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name == "plan" or f.name not in data:
-                continue
-            value = data[f.name]
-            if not _fits(value, f.type):
-                raise ConfigError(f"{where}: {f.name} is {type(value).__name__} {str(value)[:40]!r}, not {f.type}")
-            kwargs[f.name] = value
         try:
-            kwargs["plan"] = Plan.from_dict(data.get("plan"), f"{where}'s plan")
+            plan = Plan.from_dict(data.get("plan"), f"{where}'s plan")
         except PlanError as exc:
             raise ConfigError(str(exc)) from None
-        config = cls(**kwargs)
+        config = _checked({k: v for k, v in data.items() if k != "plan"}, where).replace(plan=plan)
         validate(config, resuming=True)
         return config
 
     def replace(self, **changes: Any) -> RunConfig:
-        return dataclasses.replace(self, **changes)
+        return msgspec.structs.replace(self, **changes)
 
 
-def _fits(value: object, declared: object) -> bool:
-    kinds = {"str": str, "int": int, "bool": bool}
-    text = str(declared)
-    optional = text.endswith(" | None")
-    base = kinds[text.removesuffix(" | None")]
-    if value is None:
-        return optional
-    if base is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, base)
+_REFUSED = re.compile(r"(?P<said>.*) - at `\$\.(?P<name>\w+)`")
+_BOUND = re.compile(r"Expected `int` (?P<op>>=|<=) (?P<limit>-?\d+)")
+_TYPE = re.compile(r"Expected `(?P<type>[^`]*)`")
+
+
+def _checked(data: dict[str, Any], where: str) -> RunConfig:
+    """``data`` as a RunConfig, each value of its field's type and within its range;
+    ConfigError names the first that is not (by its option, for a range)."""
+    try:
+        return msgspec.convert(data, RunConfig)
+    except msgspec.ValidationError as exc:
+        m = _REFUSED.fullmatch(str(exc))
+        if m is None:
+            raise ConfigError(f"{where} is not a run configuration") from None
+        name, value = m["name"], data.get(m["name"])
+        bound = _BOUND.fullmatch(m["said"])
+        if bound:
+            side = "at least" if bound["op"] == ">=" else "at most"
+            raise ConfigError(f"--{name.replace('_', '-')} must be {side} {bound['limit']}, not {value}") from None
+        kind = _TYPE.match(m["said"])
+        declared = kind["type"].replace("null", "None") if kind else "of its type"
+        raise ConfigError(f"{where}: {name} is {type(value).__name__} {str(value)[:40]!r}, not {declared}") from None
 
 
 def validate(config: RunConfig, resuming: bool = False) -> None:
@@ -108,19 +123,7 @@ def validate(config: RunConfig, resuming: bool = False) -> None:
         raise ConfigError(f"unknown --augment {config.augment!r}: choose one of {', '.join(AUGMENTS)}")
     if config.precision not in PRECISIONS:
         raise ConfigError(f"unknown --precision {config.precision!r}: choose one of {', '.join(PRECISIONS)}")
-    for flag, value, low, high in (
-        ("--batch-size", config.batch_size, 1, MAX_BATCH),
-        ("--nproc-per-node", config.nproc_per_node, 1, 1024),
-        ("--log-every", config.log_every, 1, 1 << 30),
-        ("--image-size", config.image_size, 8, 512),
-        ("--limit-train", config.limit_train, 2, 1 << 40),
-        ("--limit-test", config.limit_test, 1, 1 << 40),
-        ("--seed", config.seed, 0, MAX_SEED),
-    ):
-        if value is not None and value < low:
-            raise ConfigError(f"{flag} must be at least {low}, not {value}")
-        if value is not None and value > high:
-            raise ConfigError(f"{flag} must be at most {high}, not {value}")
+    _checked(msgspec.structs.asdict(config), "the configuration")
     for flag, text in (("--data-dir", config.data_dir), ("--runs-root", config.runs_root)):
         if not text.strip() or "\0" in text:
             raise ConfigError(f"{flag} must be a path, not {text!r}")
@@ -160,8 +163,20 @@ def check_data_location(config: RunConfig) -> None:
 
 
 def parse_classes(text: str) -> tuple[str, ...]:
-    """``dog,frog,horse`` -> the names; at least two, none twice (checked against the data when it loads)."""
-    names = tuple(n.strip() for n in text.split(","))
+    """``dog,frog,horse`` -> the names; at least two, none twice (checked against the data when it loads).
+    A backslash keeps the next character in the name: ``a\\,b`` is the class (folder) ``a,b``."""
+    parts: list[str] = []
+    current: list[str] = []
+    chars = iter(text)
+    for ch in chars:
+        if ch == "\\":
+            current.append(next(chars, ch))
+        elif ch == ",":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    names = (*(p.strip() for p in parts), "".join(current).strip())
     if any(not n for n in names):
         raise ConfigError(f"--classes needs class names separated by commas, not {text!r}")
     if len(set(names)) != len(names):
@@ -183,8 +198,8 @@ def parse_device(text: str) -> str:
 # checkpoint (outside any run directory) starts a new run directory: runs_root and
 # run_dir say where.
 RESUMABLE = (
-    "download", "cache_dir", "device", "precision", "compile", "log_every", "on_nonfinite",
-    "runs_root", "run_dir", "group_control", "nproc_per_node", "sync_bn",
+    "download", "cache_dir", "device", "precision", "compile", "threads", "log_every", "on_nonfinite",
+    "runs_root", "run_dir", "group_control", "nproc_per_node", "sync_bn", "stall_timeout",
 )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from core.rundir import Command, StopReason
+from core.vocab import Command, StopReason
 
 
 class Control:

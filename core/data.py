@@ -13,6 +13,7 @@ import json
 import os
 import tarfile
 import urllib.error
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import torch
 
 from core.config import DATASETS
 from core.errors import DataError
+from core.events import clean_text
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SYNTHETIC_CLASSES = (
@@ -31,6 +33,9 @@ SYNTHETIC_CLASSES = (
 SYNTHETIC_SIZES = (5000, 1000)  # train, test
 CACHE_VERSION = 2
 MAX_CACHE_BYTES = 64 << 30
+# An image of more pixels is skipped from its header, unread: 16 times a 2048 x 2048 photo. A
+# 20000 x 20000 PNG of one colour is a few hundred KB that decodes to 1.2 GB (per decoding thread).
+MAX_IMAGE_PIXELS = 8192 * 8192
 
 Progress = Callable[[str, int, int], None]  # message, done, total
 
@@ -73,7 +78,7 @@ def load_data(spec: DataSpec, progress: Progress | None = None) -> Dataset:
     if spec.dataset == "cifar10":
         data = _cifar10(Path(spec.data_dir), spec.download, report)
     elif spec.dataset == "imagefolder":
-        data = _imagefolder(Path(spec.data_dir), spec.image_size, _cache_dir(spec.cache_dir), report)
+        data = _imagefolder(Path(spec.data_dir), spec, _cache_dir(spec.cache_dir), report)
     elif spec.dataset == "synthetic":
         data = Dataset(
             "synthetic",
@@ -100,11 +105,7 @@ def load_data(spec: DataSpec, progress: Progress | None = None) -> Dataset:
 
 def only_classes(data: Dataset, wanted: tuple[str, ...]) -> Dataset:
     """The data set cut down to ``wanted`` classes, relabelled 0..k-1 in the data set's own order."""
-    unknown = [name for name in wanted if name not in data.classes]
-    if unknown:
-        shown = ", ".join(data.classes[:12]) + (", ..." if len(data.classes) > 12 else "")
-        raise DataError(f"--classes names {unknown[0]!r}, which the {data.name} data set lacks (it has {shown})")
-    keep = [i for i, name in enumerate(data.classes) if name in wanted]
+    keep = _kept_classes(data.name, data.classes, wanted)
     relabel = torch.full((len(data.classes),), -1, dtype=torch.int64)
     relabel[keep] = torch.arange(len(keep))
 
@@ -116,6 +117,15 @@ def only_classes(data: Dataset, wanted: tuple[str, ...]) -> Dataset:
     return Dataset(data.name, cut(data.train), cut(data.test), tuple(data.classes[i] for i in keep), data.skipped)
 
 
+def _kept_classes(name: str, classes: tuple[str, ...], wanted: tuple[str, ...]) -> list[int]:
+    """The indices of the ``wanted`` classes, in the data set's own order."""
+    unknown = [c for c in wanted if c not in classes]
+    if unknown:
+        shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
+        raise DataError(f"--classes names {unknown[0]!r}, which the {name} data set lacks (it has {shown})")
+    return [i for i, c in enumerate(classes) if c in wanted]
+
+
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     out = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
     return out.round().clamp(0, 255).to(torch.uint8)
@@ -125,9 +135,16 @@ def limit(split: Split, n: int | None, num_classes: int, seed: int) -> Split:
     """A class-balanced subset of ``n`` images, the same for the same seed."""
     if n is None or n >= len(split):
         return split
+    chosen = _pick(split.labels, n, num_classes, seed)
+    return Split(split.images[chosen], split.labels[chosen])
+
+
+def _pick(all_labels: torch.Tensor, n: int, num_classes: int, seed: int) -> torch.Tensor:
+    """The sorted indices of ``limit``'s subset: it needs only the labels, so an image folder
+    picks its files before decoding any."""
     g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(split), generator=g)
-    labels = split.labels[order]
+    order = torch.randperm(len(all_labels), generator=g)
+    labels = all_labels[order]
     quota = [n // num_classes + (1 if c < n % num_classes else 0) for c in range(num_classes)]
     picked = [order[labels == c][: quota[c]] for c in range(num_classes)]
     chosen = torch.cat(picked)
@@ -135,7 +152,7 @@ def limit(split: Split, n: int | None, num_classes: int, seed: int) -> Split:
         rest = order[~torch.isin(order, chosen)]
         chosen = torch.cat([chosen, rest[: n - len(chosen)]])
     chosen, _ = chosen.sort()
-    return Split(split.images[chosen], split.labels[chosen])
+    return chosen
 
 
 # --- CIFAR-10 ------------------------------------------------------------------
@@ -214,7 +231,7 @@ def _download_cifar(root: Path, report: Progress) -> None:
 # --- image folders -----------------------------------------------------------
 
 
-def _imagefolder(root: Path, size: int, cache_dir: Path, report: Progress) -> Dataset:
+def _imagefolder(root: Path, spec: DataSpec, cache_dir: Path, report: Progress) -> Dataset:
     if not root.exists():
         raise DataError(f"data directory {root} does not exist")
     if not root.is_dir():
@@ -223,15 +240,30 @@ def _imagefolder(root: Path, size: int, cache_dir: Path, report: Progress) -> Da
     test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     if not train_dir.is_dir() or test_dir is None:
         raise DataError(f"{root} needs train/<class>/ and test/<class>/ (or val/<class>/) folders of images")
-    classes = tuple(sorted(d.name for d in _subdirs(train_dir)))
-    if not classes:
+    folders = tuple(sorted(d.name for d in _subdirs(train_dir)))
+    if not folders:
         raise DataError(f"{train_dir} has no class folders (expected train/<class>/<image files>)")
-    extra = sorted({d.name for d in _subdirs(test_dir)} - set(classes))
+    extra = sorted({d.name for d in _subdirs(test_dir)} - set(folders))
     if extra:
-        raise DataError(f"{test_dir} has class {extra[0]!r}, which {train_dir} lacks")
-    train, skipped_train = _cached_split(train_dir, classes, size, cache_dir, report)
-    test, skipped_test = _cached_split(test_dir, classes, size, cache_dir, report)
+        raise DataError(f"{test_dir} has class {shown_name(extra[0])!r}, which {train_dir} lacks")
+    # --classes and the limits are applied to the file lists, so that only the images a run
+    # uses are decoded; load_data's own cuts then find nothing more to cut.
+    some = ""
+    if spec.classes:
+        keep = _kept_classes("imagefolder", tuple(shown_name(name) for name in folders), spec.classes)
+        some = "|" + "/".join(str(i) for i in keep)
+        folders = tuple(folders[i] for i in keep)
+    size, seed = spec.image_size, spec.seed
+    train, skipped_train = _cached_split(train_dir, folders, size, cache_dir, report, spec.limit_train, seed, some)
+    test, skipped_test = _cached_split(test_dir, folders, size, cache_dir, report, spec.limit_test, seed, some)
+    classes = tuple(shown_name(name) for name in folders)
     return Dataset("imagefolder", train, test, classes, skipped_train + skipped_test)
+
+
+def shown_name(name: str) -> str:
+    """A folder's name as a class name: bytes that are no UTF-8 and control characters written
+    out (``\\xff``, ``\\x1b``), so that any name can be shown, logged and kept as JSON."""
+    return clean_text(os.fsencode(name).decode("utf-8", "backslashreplace"))
 
 
 def _subdirs(path: Path) -> list[Path]:
@@ -241,16 +273,30 @@ def _subdirs(path: Path) -> list[Path]:
         raise DataError(f"cannot read {path}: permission denied") from None
 
 
-def _list_files(split_dir: Path, classes: tuple[str, ...]) -> list[tuple[Path, int]]:
-    files = []
+def _list_files(split_dir: Path, classes: tuple[str, ...]) -> tuple[list[tuple[Path, int]], int]:
+    """The regular files of each class folder (through links), and how many entries were
+    neither those nor folders: dangling links, link loops, FIFOs, devices (counted as skipped)."""
+    files, odd = [], 0
     for label, name in enumerate(classes):
         folder = split_dir / name
         if not folder.is_dir():
             continue
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            if entry.is_file() and not entry.name.startswith("."):
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            raise DataError(f"cannot read {folder}: {exc.strerror or exc}") from None
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                regular, subfolder = entry.is_file(), entry.is_dir()
+            except OSError:  # a link loop says so by raising
+                regular = subfolder = False
+            if regular:
                 files.append((Path(entry.path), label))
-    return files
+            elif not subfolder:
+                odd += 1
+    return files, odd
 
 
 def _cache_dir(explicit: str | None) -> Path:
@@ -261,49 +307,66 @@ def _cache_dir(explicit: str | None) -> Path:
 
 
 def _cached_split(
-    split_dir: Path, classes: tuple[str, ...], size: int, cache_dir: Path, report: Progress
+    split_dir: Path, classes: tuple[str, ...], size: int, cache_dir: Path, report: Progress,
+    limit_to: int | None = None, seed: int = 0, which: str = "",
 ) -> tuple[Split, int]:
-    files = _list_files(split_dir, classes)
+    """A split's images, decoded once and cached; ``which`` names a subset of the class
+    folders, and ``limit_to`` picks limit()'s subset of the files before any is decoded.
+    A subset is cached under a name of its own, beside the whole folder's."""
+    files, odd = _list_files(split_dir, classes)
     if not files:
         raise DataError(f"{split_dir} has no image files in its class folders")
+    if limit_to is not None and limit_to < len(files):
+        labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+        files = [files[i] for i in _pick(labels, limit_to, len(classes), seed).tolist()]
+        which += f"|{limit_to}|{seed}"
     key = _cache_key(split_dir, classes, size, files)
-    name = hashlib.sha256(f"{split_dir.resolve()}|{size}".encode()).hexdigest()[:20]
+    name = hashlib.sha256(os.fsencode(f"{split_dir.resolve()}|{size}{which}")).hexdigest()[:20]
     cache = f"{split_dir.name}-{name}.pt"
     hit = _read_cache(cache_dir, cache, key, len(classes))
     if isinstance(hit, tuple):
         report(f"loaded {split_dir.name} from cache", 1, 1)
-        return hit
+        return hit[0], hit[1] + odd
     if hit == "damaged":
         report(f"the decode cache of {split_dir.name} is damaged; decoding again", 0, 0)
     split, skipped = _decode(files, size, f"decoding {split_dir.name} images", report)
     if len(split) == 0:
-        raise DataError(f"{split_dir} has no readable images ({skipped} files skipped)")
-    _write_cache(cache_dir, cache, {"key": key, "images": split.images, "labels": split.labels, "skipped": skipped})
-    return split, skipped
+        raise DataError(f"{split_dir} has no readable images ({skipped + odd} files skipped)")
+    failed = _write_cache(cache_dir, cache, {"key": key, "images": split.images, "labels": split.labels,
+                                             "skipped": skipped})
+    if failed is not None:
+        report(f"the decode cache could not be written in {cache_dir} ({failed}): the next start decodes again", 0, 0)
+    return split, skipped + odd
 
 
 def _cache_key(split_dir: Path, classes: tuple[str, ...], size: int, files: list[tuple[Path, int]]) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([CACHE_VERSION, str(split_dir.resolve()), size, classes]).encode())
     for path, label in files:
-        st = path.stat()
-        h.update(f"{path.name}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        try:
+            st = path.stat()
+            stamp = f"{st.st_size}|{st.st_mtime_ns}"
+        except OSError:  # gone since it was listed: it will be skipped
+            stamp = "-"
+        h.update(os.fsencode(f"{path.name}|{label}|{stamp}\n"))
     return h.hexdigest()
 
 
-def _write_cache(cache_dir: Path, name: str, content: dict[str, object]) -> None:
-    """Best effort: a full or read-only cache disk means a slower next start, not a failed run."""
+def _write_cache(cache_dir: Path, name: str, content: dict[str, object]) -> str | None:
+    """Best effort: a full or read-only cache disk means a slower next start, not a failed run
+    (and nothing half-written is left). Returns why it failed, if it did."""
     from core.checkpoint import digest
     from core.safefs import Dir
 
     buf = io.BytesIO()
     torch.save({**content, "digest": digest(content)}, buf)
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with Dir.open(cache_dir, follow=True) as folder:
+        cache_dir.parent.mkdir(parents=True, exist_ok=True)
+        with Dir.open(cache_dir, create=True, follow=True) as folder:  # a new cache directory: owner-only
             folder.write_atomic(name, buf.getbuffer(), durable=False)
-    except OSError:
-        pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _read_cache(cache_dir: Path, name: str, key: str, num_classes: int) -> tuple[Split, int] | str | None:
@@ -343,7 +406,9 @@ def _decode_one(path: Path, size: int) -> np.ndarray | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as opened:
+        with Image.open(path) as opened:  # reads the header only
+            if opened.width * opened.height > MAX_IMAGE_PIXELS:
+                return None  # a decompression bomb, or a photo far too large for this: never decoded
             rgb = opened.convert("RGB")
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
@@ -356,8 +421,12 @@ def _decode(files: list[tuple[Path, int]], size: int, message: str, report: Prog
     images = np.empty((len(files), 3, size, size), dtype=np.uint8)
     ok = np.zeros(len(files), dtype=bool)
     step = max(1, len(files) // 50)
-    # PIL releases the GIL while decoding, so threads use every core.
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+    from PIL import Image
+
+    # PIL releases the GIL while decoding, so threads use every core. PIL warns of images over
+    # its own limit as it opens them: those are skipped above, and counted, not printed.
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         for i, arr in enumerate(pool.map(lambda f: _decode_one(f[0], size), files, chunksize=64)):
             if arr is not None:
                 images[i] = arr

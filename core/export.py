@@ -1,85 +1,171 @@
 """A run's numbers for other tools: TensorBoard event files, and the seed's two figures
 as a PNG. Both writers are an optional extra (``pip install 'cbam-tui[export]'``:
 tensorboard, matplotlib); without it, one sentence says what to install.
+
+Exporting is idempotent: the same run exported again gives the same bytes under the
+same name. Each writer replaces only its own earlier output, atomically (a temporary
+file renamed over it), and never writes through a link:
+
+- TensorBoard: ``DIR/events.out.tfevents.cbam-tui.<run>``; a directory that already
+  holds another event file is refused (TensorBoard would merge both into one run).
+- PNG: a new file, or one this export wrote (its ``Software`` text says cbam-tui);
+  any other existing file is refused.
+
+Every point carries the time of the run's last event, so the files do not depend on
+when they were written.
 """
 
 from __future__ import annotations
 
 import importlib
+import io
+import os
+import re
+import stat
+import struct
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from core.errors import CbamError
+from core.events import AttentionMaps, ClassAccuracy, Event
 from core.rundir import EventReader, open_run
+from core.safefs import Dir
 from core.state import RunState
 
-EXTRA = "pip install 'cbam-tui[export]'"
+EXTRA = "export"  # the optional extra that brings tensorboard and matplotlib
 PNG_INCHES, PNG_DPI = (16.0, 6.0), 100  # 1600 x 600 pixels
+SOFTWARE = "cbam-tui"  # the PNG's Software text: how an export knows its own file
+TB_PREFIX = "events.out.tfevents.cbam-tui."
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_HEAD = 1 << 16  # bytes read of an existing PNG to find its text chunks
 
 
-def read(run: Path) -> RunState:
-    """A run's whole story, folded (the iteration losses included)."""
-    state = RunState()
-    with open_run(run) as d:
-        for event, t in EventReader(d).read_all(final=True):
-            state.apply(event, t)
+def install_hint(extra: str) -> str:
+    """How to add an optional extra to this installation: from the registry, or, when this
+    code runs from a source tree (a clone installed with ``pip install -e``), from that tree,
+    where the published name would install another copy."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "core").is_dir():
+        return f"pip install -e '{root}[{extra}]'"
+    return f"pip install 'cbam-tui[{extra}]'"
+
+
+def read(run: Path) -> tuple[RunState, dict[int, tuple[float, ...]]]:
+    """A run's whole story, folded in bounded memory however long it is (the iteration losses
+    averaged in buckets beyond RunState.MAX_LOSSES; attention maps, which no export shows, not
+    even parsed), and each epoch's per-class test accuracy (%), by epoch."""
+    per_class: dict[int, tuple[float, ...]] = {}
+
+    def keeping_classes(events: Iterator[tuple[Event, float | None]]) -> Iterator[tuple[Event, float | None]]:
+        """The state keeps the newest epochs' reports only; an export shows them all."""
+        for event, t in events:
+            if isinstance(event, ClassAccuracy):  # a redone epoch's report replaces the first one's
+                per_class[event.epoch] = tuple(100.0 * c / max(n, 1)
+                                               for c, n in zip(event.correct, event.total, strict=False))
+            yield event, t
+
+    try:
+        with open_run(run) as d:
+            reader = EventReader(d, skip=lambda kind: kind == AttentionMaps.kind)
+            state = RunState().fold(keeping_classes(reader.events(final=True)))
+    except OSError as exc:
+        raise CbamError(f"cannot read the events of {run}: {exc.strerror or exc}") from None
     if state.started is None:
         raise CbamError(f"{run} has no run_started event yet: nothing to export")
-    return state
+    kept = {e.epoch for e in state.epochs}
+    return state, {epoch: acc for epoch, acc in per_class.items() if epoch in kept}
 
 
-def _need(module: str, what: str) -> object:
+def loss_points(state: RunState) -> tuple[list[int], list[float]]:
+    """The iteration losses as (step, loss): every step, or bucket means at their first step."""
+    stride = state.loss_stride
+    return [state.first_step + i * stride for i in range(len(state.iter_losses))], list(state.iter_losses)
+
+
+def _need(module: str, what: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise CbamError(f"{what} needs {module.split('.')[0]}: {EXTRA}") from None
+        raise CbamError(f"{what} needs {module.split('.')[0]}: {install_hint(EXTRA)}") from None
 
 
-def tensorboard(run: Path, out: Path) -> int:
-    """Write the run's scalars as TensorBoard event files under ``out``; returns how many."""
-    _need("tensorboard", "export --tensorboard")
-    writer_module = _need("torch.utils.tensorboard", "export --tensorboard")
-    state = read(run)
-    writer = writer_module.SummaryWriter(log_dir=str(out))  # type: ignore[attr-defined]
+def tensorboard(run: Path, out: Path) -> tuple[int, Path]:
+    """Write the run's scalars as one TensorBoard event file in ``out``; returns how many and the file."""
+    event_pb2 = _need("tensorboard.compat.proto.event_pb2", "export --tensorboard")
+    summary_pb2 = _need("tensorboard.compat.proto.summary_pb2", "export --tensorboard")
+    record_writer = _need("tensorboard.summary.writer.record_writer", "export --tensorboard")
+    state, per_class = read(run)
+    name = TB_PREFIX + re.sub(r"[^A-Za-z0-9._-]", "_", run.resolve().name)  # the directory's own name, never a path
+    when = state.last_t or 0.0
+    buffer = io.BytesIO()
+    records = record_writer.RecordWriter(buffer)
+    records.write(event_pb2.Event(wall_time=when, file_version="brain.Event:2").SerializeToString())
     count = 0
-    try:
-        for i, loss in enumerate(state.iter_losses):
-            writer.add_scalar("loss/iteration", float(loss), state.first_step + i)
-            count += 1
-        for e in state.epochs:
-            for tag, value in (("loss/train", e.train_loss), ("loss/test", e.test_loss),
-                               ("accuracy/train", e.train_acc), ("accuracy/test", e.test_acc)):
-                writer.add_scalar(tag, value, e.epoch)
-                count += 1
-        for step, stage, lrs, _ in state.group_curves:
-            for name, lr in zip(state.stage_groups.get(stage, ()), lrs, strict=False):
-                writer.add_scalar(f"lr/{name}", lr, step)
-                count += 1
-        classes = state.started.classes if state.started else ()
-        for report in state.class_reports:
-            for name, correct, total in zip(classes, report.correct, report.total, strict=False):
-                writer.add_scalar(f"accuracy_per_class/{name}", 100.0 * correct / max(total, 1), report.epoch)
-                count += 1
-    finally:
-        writer.close()
-    return count
+
+    def scalar(tag: str, value: float, step: int) -> None:
+        nonlocal count
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=float(value))])
+        records.write(event_pb2.Event(wall_time=when, step=step, summary=summary).SerializeToString())
+        count += 1
+
+    for step, loss in zip(*loss_points(state), strict=True):
+        scalar("loss/iteration", loss, step)
+    for e in state.epochs:
+        for tag, value in (("loss/train", e.train_loss), ("loss/test", e.test_loss),
+                           ("accuracy/train", e.train_acc), ("accuracy/test", e.test_acc)):
+            scalar(tag, value, e.epoch)
+    for step, stage, lrs, _ in state.group_curves:
+        for group, lr in zip(state.stage_groups.get(stage, ()), lrs, strict=False):
+            scalar(f"lr/{group}", lr, step)
+    classes = state.started.classes if state.started else ()
+    for epoch, accuracies in sorted(per_class.items()):
+        for label, accuracy in zip(classes, accuracies, strict=False):
+            scalar(f"accuracy_per_class/{label}", accuracy, epoch)
+
+    def others(d: Dir) -> None:
+        for entry in d.names():
+            if "tfevents" in entry and entry != name:
+                raise CbamError(
+                    f"{out} already holds the TensorBoard events of something else ({entry[:80]}), which TensorBoard "
+                    "would show as one run with this one: export each run into a directory of its own"
+                )
+
+    _write(out / name, buffer.getvalue(), "--tensorboard", lambda fd: True, others)
+    return count, out / name
 
 
 def png(run: Path, out: Path) -> Path:
+    """The seed's two figures, side by side, into the file ``out`` (a new file, or an
+    earlier export of cbam-tui's, replaced atomically; never through a link)."""
+    _write(out, png_bytes(run), "--png", _is_our_png, lambda d: None)
+    return out
+
+
+def png_bytes(run: Path) -> bytes:
+    """The same figures as PNG bytes, for a caller that writes them where it trusts."""
+    buf = io.BytesIO()
+    _figure(run).savefig(buf, format="png", metadata={"Software": SOFTWARE})
+    return buf.getvalue()
+
+
+def _figure(run: Path) -> Any:
     """The seed's two figures, side by side: every iteration's loss (with the epochs'
     train and test loss), and train and test accuracy per epoch; stage switches dashed."""
     _need("matplotlib", "export --png")
     from matplotlib.figure import Figure  # not pyplot: no global backend, no GUI, safe off the main thread
 
-    state = read(run)
+    state, _ = read(run)
     steps_per_epoch = state.started.batches_per_epoch if state.started else 1
     fig = Figure(figsize=PNG_INCHES, dpi=PNG_DPI)
     loss_ax, acc_ax = fig.subplots(1, 2)
     name = state.started.run_name if state.started else run.name
-    fig.suptitle(f"{name}: {state.status.lower()}, best test accuracy "
+    fig.suptitle(f"{name}: {state.status.word}, best test accuracy "
                  + (f"{state.best_acc:.2f}% (epoch {state.best_epoch})" if state.best_acc is not None else "-"))
     if len(state.iter_losses):
-        x = [(state.first_step + i) / steps_per_epoch for i in range(len(state.iter_losses))]
-        loss_ax.plot(x, list(state.iter_losses), lw=0.6, alpha=0.5, label="every iteration")
+        steps, losses = loss_points(state)
+        label = "every iteration" if state.loss_stride == 1 else f"mean of every {state.loss_stride} iterations"
+        loss_ax.plot([step / steps_per_epoch for step in steps], losses, lw=0.6, alpha=0.5, label=label)
     epochs = state.epochs
     if epochs:
         loss_ax.plot([e.epoch for e in epochs], [e.train_loss for e in epochs], "o-", label="train (epoch)")
@@ -98,6 +184,57 @@ def png(run: Path, out: Path) -> Path:
         if ax.lines:
             ax.legend()
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    return fig
+
+
+def _write(path: Path, data: bytes, flag: str, ours: Callable[[int], bool], check: Callable[[Dir], None]) -> None:
+    """``data`` as ``path``, atomically: a new file, or one ``ours`` recognises (given its fd);
+    never through a link. The directory is made when missing; ``check`` looks at it first."""
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        where = Dir.open(parent, follow=True)  # the directory as typed: it may go through the user's links
+    except (FileExistsError, NotADirectoryError):
+        raise CbamError(f"{flag} {path}: {parent} is not a directory") from None
+    except OSError as exc:
+        raise CbamError(f"{flag} {path}: cannot use the directory {parent}: {exc.strerror or exc}") from None
+    with where:
+        check(where)
+        st = where.lstat(path.name)
+        if st is not None:
+            if not stat.S_ISREG(st.st_mode):
+                kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else (
+                    "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file")
+                raise CbamError(f"{flag} {path} is {kind}: export writes only regular files, never through a link")
+            try:
+                fd = where.open_file(path.name, os.O_RDONLY)
+            except OSError as exc:
+                raise CbamError(f"{flag} {path} exists and cannot be read: {exc.strerror or exc}") from None
+            try:
+                mine = ours(fd)
+            finally:
+                os.close(fd)
+            if not mine:
+                raise CbamError(f"{flag} {path} exists and is not a cbam-tui export: not overwritten "
+                                "(remove it or choose another name)")
+        try:
+            where.write_atomic(path.name, data)
+        except OSError as exc:
+            raise CbamError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _is_our_png(fd: int) -> bool:
+    """Whether the PNG open on ``fd`` says, in a text chunk before its image data, that cbam-tui made it."""
+    head = os.pread(fd, _PNG_HEAD, 0)
+    if not head.startswith(_PNG_SIGNATURE):
+        return False
+    at = len(_PNG_SIGNATURE)
+    while at + 8 <= len(head):
+        length, kind = struct.unpack(">I4s", head[at : at + 8])
+        body = head[at + 8 : at + 8 + length]
+        if kind == b"IDAT" or len(body) < length:
+            return False
+        if kind == b"tEXt" and body.partition(b"\0") == (b"Software", b"\0", SOFTWARE.encode()):
+            return True
+        at += 12 + length
+    return False

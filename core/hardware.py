@@ -1,6 +1,6 @@
 """The machine under a run, sampled once a second in a thread of its own: each GPU
 through NVML (nvidia-ml-py, imported when first needed), and on any device this
-process's CPU share and resident memory, and its peak CUDA memory.
+process's CPU share and current resident memory (psutil), and its peak CUDA memory.
 
 Without NVML or a GPU the GPU figures are absent and a one-line note says why.
 """
@@ -14,7 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from core.events import GpuSample, SystemSample
+from core.threads import cpu_jiffies
 
 EVERY_S = 1.0
 
@@ -68,13 +71,16 @@ class Nvml:
 class SystemMonitor:
     """Emits a SystemSample every second from its own thread until stopped."""
 
-    def __init__(self, emit: Callable[[SystemSample], None], cuda_device: Any = None) -> None:
+    def __init__(self, emit: Callable[[SystemSample], None], cuda_device: Any = None, cpus: float = 0.0) -> None:
         self.emit = emit
         self.cuda_device = cuda_device
+        self.cpus = cpus  # CPUs the process may use: other processes' load is measured against them
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cbam-tui system monitor", daemon=True)
         self._nvml: Nvml | None = None
-        self._last = (time.monotonic(), _cpu_seconds())
+        self._process = psutil.Process()
+        self._process.cpu_percent(None)  # the first call starts psutil's interval; its 0.0 means nothing
+        self._last = (time.monotonic(), cpu_jiffies())
 
     def start(self) -> None:
         self._thread.start()
@@ -93,9 +99,13 @@ class SystemMonitor:
                 return
 
     def sample(self) -> SystemSample:
-        now, cpu = time.monotonic(), _cpu_seconds()
-        then, cpu_then = self._last
-        self._last = (now, cpu)
+        now, busy, own = time.monotonic(), cpu_jiffies(), self._process.cpu_percent(None)
+        then, busy_then = self._last
+        self._last = (now, busy)
+        elsewhere = 0.0
+        if busy is not None and busy_then is not None:  # all busy time on our CPUs, less our own
+            wall = max(now - then, 1e-6)
+            elsewhere = max(0.0, (busy - busy_then) / os.sysconf("SC_CLK_TCK") / wall - own / 100.0)
         peak = 0
         if self.cuda_device is not None:
             import torch
@@ -103,21 +113,7 @@ class SystemMonitor:
             peak = int(torch.cuda.max_memory_allocated(self.cuda_device))
         nvml = self._nvml or Nvml()
         return SystemSample(
-            cpu_percent=100.0 * (cpu - cpu_then) / max(now - then, 1e-6), rss=_rss(), gpus=nvml.sample(),
-            cuda_peak=peak, note=nvml.note,
+            cpu_percent=own, rss=self._process.memory_info().rss, gpus=nvml.sample(),
+            cuda_peak=peak, note=nvml.note, cpus=self.cpus, busy_elsewhere=elsewhere,
         )
 
-
-def _cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def _rss() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

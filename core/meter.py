@@ -1,4 +1,5 @@
-"""What an epoch adds up, kept on the device, and a clock that knows about pauses.
+"""What an epoch adds up, kept on the device, a clock that knows about pauses, and
+the epoch in progress that holds them.
 
 The step loop only adds tensors here; the host reads them at log points and at
 most about once a second (`drain`), never per batch. With several processes
@@ -10,9 +11,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+from core.checkpoint import Position
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # adds a tensor up over the ranks, in place
 
@@ -91,3 +94,38 @@ class Clock:
 
     def elapsed(self) -> float:
         return max(time.perf_counter() - self.t0 - self.paused, 1e-9)
+
+
+@dataclass
+class EpochRun:
+    """One epoch in progress: its device-side sums and its pause-aware clock."""
+
+    position: Position
+    meter: EpochMeter
+    clock: Clock = field(default_factory=Clock)
+    train_seconds: float = 0.0  # training time only: no evaluation, no pauses
+    first_seen: int = 0  # images already counted when this process began the epoch
+    batch: int = 0  # batches done
+    log_clock: Clock = field(default_factory=Clock)  # since the last loss line
+    log_seen: int = 0
+    grad_norms: torch.Tensor | None = None  # each group's, at the last loss line's batch (on the device)
+    data_s: float = 0.0  # host time preparing batches, and in whole steps, since the last Progress
+    step_s: float = 0.0
+
+    def here(self) -> Position:
+        return Position(self.position.stage, self.position.epoch, self.batch, offset=self.position.offset)
+
+    def pause(self, seconds: float) -> None:
+        self.clock.add_pause(seconds)
+        self.log_clock.add_pause(seconds)
+
+
+def grad_norms(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """Each param group's gradient L2 norm, on the device (read at the loss line)."""
+    if scaler.is_enabled():
+        scaler.unscale_(opt)  # step() then skips it: the norms are of the real gradients
+    norms = []
+    for group in opt.param_groups:
+        grads = [p.grad.detach().float().norm() for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack(grads)) if grads else torch.zeros(()))
+    return torch.stack([n.to(norms[0].device) for n in norms])

@@ -8,10 +8,16 @@ whose module path is its longest prefix; parameters in no group are frozen.
 from __future__ import annotations
 
 import math
+import os
+import re
+import stat
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta, Struct
 
 from core.errors import PlanError
 from core.layout import MODULES, NEW_MODULES
@@ -25,6 +31,16 @@ BN_POLICIES = ("train", "eval")
 MOMENT_POLICIES = ("keep", "fresh")  # Adam state of groups that continue into the next stage
 SEED_EPOCHS = (5, 15, 30)
 MAX_EPOCHS, MAX_STAGES = 100_000, 64
+MAX_GROUPS, MAX_MODULES = 64, 256  # per stage; per group
+# One range of learning rates for every way of giving one: presets, --lrs, plan files,
+# checkpoints, `ctl lr` and the `l` dialog (a live change may not leave it either).
+MIN_LR, MAX_LR = 1e-12, 10.0
+MAX_PLAN_BYTES = 1 << 20
+MAX_NAME = 100  # characters of a stage's name
+# A group's name is what `ctl --group` and the `l` dialog type: no spaces, commas or
+# anything a shell or a terminal would take for something else.
+GROUP_NAME = re.compile(r"[A-Za-z0-9+._-]{1,100}")
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_.]{1,200}")
 SEED_LRS = (1e-3, 1e-4, 1e-5)
 # Aliases a plan may name besides the module names in core.model.MODULES.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -94,18 +110,8 @@ class Plan:
     @classmethod
     def from_dict(cls, data: object, where: str = "the saved plan") -> Plan:
         """A plan read back from config.json or a checkpoint: every field checked, then validated."""
-        if not isinstance(data, dict):
-            raise PlanError(f"{where} is not a plan")
-        _only_keys(data, {"label", "frozen_bn", "moments", "stages"}, where)
-        stages = data.get("stages")
-        if not isinstance(stages, list) or not stages:
-            raise PlanError(f"{where} has no stages")
-        plan = cls(
-            stages=tuple(_stage(s, f"{where}, stage {i}", groups_key="groups") for i, s in enumerate(stages, 1)),
-            frozen_bn=_choice(data.get("frozen_bn", "train"), BN_POLICIES, "frozen_bn", where),
-            label=_field({"label": data.get("label", "default")}, "label", str, where),
-            moments=_choice(data.get("moments", "keep"), MOMENT_POLICIES, "moments", where),
-        )
+        saved = _conform(data, _SavedPlan, where)
+        plan = cls(tuple(_stage(s) for s in saved.stages), saved.frozen_bn, saved.label, saved.moments)
         validate(plan)
         return plan
 
@@ -114,7 +120,7 @@ class Plan:
 class PlanOptions:
     """The plan-related CLI options; None means "not given"."""
 
-    preset: str = "default"
+    preset: str | None = None  # "default" when not given
     plan_file: Path | None = None
     stage_epochs: str | None = None
     lrs: str | None = None
@@ -125,24 +131,35 @@ class PlanOptions:
 
 
 def build_plan(opts: PlanOptions) -> Plan:
-    """The plan the options ask for, validated; raises PlanError with one sentence."""
+    """The plan the options ask for, validated; raises PlanError with one sentence.
+
+    With a plan file, the options that would replace its rates or shapes (--preset,
+    --lrs, --new-lr-mult, --schedule) are refused; --stage-epochs changes only each
+    stage's epochs; --frozen-bn and --moments replace the file's (or its defaults).
+    """
     if opts.frozen_bn is not None and opts.frozen_bn not in BN_POLICIES:
-        raise PlanError(f"--frozen-bn must be one of {', '.join(BN_POLICIES)}, not {opts.frozen_bn!r}")
+        raise PlanError(f"--frozen-bn must be one of {', '.join(BN_POLICIES)}, not {_shown(opts.frozen_bn)}")
     if opts.moments is not None and opts.moments not in MOMENT_POLICIES:
-        raise PlanError(f"--moments must be one of {', '.join(MOMENT_POLICIES)}, not {opts.moments!r}")
+        raise PlanError(f"--moments must be one of {', '.join(MOMENT_POLICIES)}, not {_shown(opts.moments)}")
     if opts.plan_file is not None:
-        for flag, value in (("--lrs", opts.lrs), ("--new-lr-mult", opts.new_lr_mult), ("--schedule", opts.schedule)):
+        for flag, value, what in (
+            ("--preset", opts.preset, "the plan file is the plan"),
+            ("--lrs", opts.lrs, "set learning rates in the plan file"),
+            ("--new-lr-mult", opts.new_lr_mult, "set learning rates in the plan file"),
+            ("--schedule", opts.schedule, "set each stage's schedule in the plan file"),
+        ):
             if value is not None:
-                raise PlanError(f"{flag} cannot be combined with --plan: set learning rates in the plan file")
+                raise PlanError(f"{flag} cannot be combined with --plan: {what}")
         plan = load_plan(opts.plan_file)
     else:
-        if opts.preset not in PRESETS:
-            raise PlanError(f"unknown preset {opts.preset!r}: choose one of {', '.join(PRESETS)}")
+        preset = opts.preset or "default"
+        if preset not in PRESETS:
+            raise PlanError(f"unknown preset {_shown(preset)}: choose one of {', '.join(PRESETS)}")
         lrs = parse_lrs(opts.lrs, 3) if opts.lrs is not None else SEED_LRS
         mult = 1.0 if opts.new_lr_mult is None else opts.new_lr_mult
         if not math.isfinite(mult) or mult <= 0:
             raise PlanError(f"--new-lr-mult must be a positive number, not {mult}")
-        if opts.preset == "seed":
+        if preset == "seed":
             if opts.new_lr_mult is not None:
                 raise PlanError("--new-lr-mult does not apply to --preset seed, which has one rate per stage")
             plan = seed_plan(lrs)
@@ -150,7 +167,7 @@ def build_plan(opts: PlanOptions) -> Plan:
             plan = default_plan(lrs, mult)
     if opts.stage_epochs is not None:
         epochs = parse_epochs(opts.stage_epochs, len(plan.stages))
-        plan = replace(plan, stages=tuple(Stage(s.name, e, s.groups) for s, e in zip(plan.stages, epochs, strict=True)))
+        plan = replace(plan, stages=tuple(replace(s, epochs=e) for s, e in zip(plan.stages, epochs, strict=True)))
     if opts.schedule is not None:
         schedule = check_schedule(opts.schedule)
         plan = replace(plan, stages=tuple(replace(s, schedule=schedule) for s in plan.stages))
@@ -219,29 +236,40 @@ def _parse_list(text: str, count: int, flag: str, convert: type, what: str) -> l
 
 
 def validate(plan: Plan) -> None:
-    if not plan.stages:
-        raise PlanError("the plan has no stages")
-    if len(plan.stages) > MAX_STAGES:
-        raise PlanError(f"the plan has {len(plan.stages)} stages; at most {MAX_STAGES} are allowed")
+    """PlanError (one sentence) for a plan that cannot train: the schema's types, counts and
+    ranges (`_SavedPlan`), then what no type says (printable names, known modules, ...)."""
+    _conform(plan.to_dict(), _SavedPlan, "")
+    if not (plan.label.isprintable() and len(plan.label) <= 200):
+        raise PlanError(f"the plan's label {_shown(plan.label)} holds control characters or is too long")
     for i, stage in enumerate(plan.stages, 1):
+        if not (stage.name and stage.name.isprintable() and len(stage.name) <= MAX_NAME):
+            raise PlanError(
+                f"stage {i}: its name {_shown(stage.name)} must be 1 to {MAX_NAME} printable characters "
+                "(no control characters: names are shown on terminals)"
+            )
         where = f"stage {i} ({stage.name})"
-        if not 0 <= stage.epochs <= MAX_EPOCHS:
-            raise PlanError(f"{where} has {stage.epochs} epochs; epochs must be from 0 (skip) to {MAX_EPOCHS}")
         check_schedule(stage.schedule, where)
-        if not stage.groups:
-            raise PlanError(f"{where} has no parameter groups, so nothing would train")
+        seen: set[str] = set()
         for g in stage.groups:
-            if not (math.isfinite(g.lr) and g.lr > 0):
-                raise PlanError(f"{where}, group {g.name!r}: learning rate must be a positive number, not {g.lr}")
+            if not GROUP_NAME.fullmatch(g.name):
+                raise PlanError(
+                    f"{where}: group name {_shown(g.name)} must be 1 to 100 letters, digits or + . _ - "
+                    "(no spaces or commas), so that ctl --group and the l key can name it"
+                )
+            if g.name in seen:
+                raise PlanError(f"{where} has two groups named {g.name!r}: give each its own name")
+            seen.add(g.name)
             for m in g.modules:
                 if not _known_module(m):
                     names = ", ".join([*MODULES, *ALIASES])
-                    raise PlanError(f"{where}, group {g.name!r}: unknown module {m!r}; known names are {names}")
+                    raise PlanError(f"{where}, group {g.name!r}: unknown module {_shown(m)}; known names are {names}")
     if plan.total_epochs == 0:
         raise PlanError("every stage has 0 epochs, so there is nothing to train")
 
 
 def _known_module(name: str) -> bool:
+    if not _MODULE_NAME.fullmatch(name):
+        return False
     if name in MODULES or name in ALIASES:
         return True
     return any(name.startswith(path + ".") for path in MODULES.values())
@@ -250,76 +278,197 @@ def _known_module(name: str) -> bool:
 def load_plan(path: Path) -> Plan:
     """Read a TOML plan file (format in the README); PlanError names what is wrong."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PlanError(f"plan file {path} does not exist") from None
-    except IsADirectoryError:
-        raise PlanError(f"plan file {path} is a directory") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlanError(f"cannot read plan file {path}: {exc}") from None
+        data = tomllib.loads(_read_plan_text(path))
     except tomllib.TOMLDecodeError as exc:
         raise PlanError(f"plan file {path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise PlanError(f"plan file {path} is nested too deeply to be a plan") from None
     where = f"plan file {path}"
-    _only_keys(data, {"frozen_bn", "moments", "stage"}, where)
-    stages_raw = data.get("stage")
-    if not isinstance(stages_raw, list) or not stages_raw:
-        raise PlanError(f"{where} has no [[stage]] tables")
-    frozen_bn = _choice(data.get("frozen_bn", "train"), BN_POLICIES, "frozen_bn", where)
-    moments = _choice(data.get("moments", "keep"), MOMENT_POLICIES, "moments", where)
-    stages = tuple(_stage(raw, f"{where}, stage {i}") for i, raw in enumerate(stages_raw, 1))
-    plan = Plan(stages, frozen_bn, label=path.name, moments=moments)
+    file = _conform(data, _FilePlan, where)
+    stages = tuple(_stage(s, f"{where}, stage {i}") for i, s in enumerate(file.stage, 1))
+    label = path.name if path.name.isprintable() else ascii(path.name)
+    plan = Plan(stages, file.frozen_bn, label=label[:200], moments=file.moments)
     validate(plan)
     return plan
 
 
-def _stage(raw: Any, where: str, groups_key: str = "group") -> Stage:
-    if not isinstance(raw, dict):
-        raise PlanError(f"{where} is not a table")
-    _only_keys(raw, {"name", "epochs", "schedule", groups_key}, where)
-    name = _field(raw, "name", str, where)
-    epochs = _field(raw, "epochs", int, where)
-    schedule = check_schedule(_field({"schedule": raw.get("schedule", "constant")}, "schedule", str, where), where)
-    groups_raw = raw.get(groups_key)
-    if not isinstance(groups_raw, list) or not groups_raw:
-        raise PlanError(f"{where} has no [[stage.group]] tables")
-    groups = []
-    for j, g in enumerate(groups_raw, 1):
-        gwhere = f"{where}, group {j}"
-        if not isinstance(g, dict):
-            raise PlanError(f"{gwhere} is not a table")
-        _only_keys(g, {"name", "modules", "lr"}, gwhere)
-        modules = g.get("modules")
-        if not isinstance(modules, list) or not modules or not all(isinstance(m, str) and m for m in modules):
-            raise PlanError(f"{gwhere} needs modules = a non-empty list of module names")
-        lr = g.get("lr")
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-            raise PlanError(f"{gwhere} needs lr = a number")
-        gname = g.get("name", "+".join(modules))
-        if not isinstance(gname, str) or not gname:
-            raise PlanError(f"{gwhere}: name must be a non-empty string")
-        groups.append(Group(gname, tuple(modules), float(lr)))
-    return Stage(name, epochs, tuple(groups), schedule)
+def _read_plan_text(path: Path) -> str:
+    """A plan file's text: a regular file only (a FIFO or a device would hang or never end),
+    up to MAX_PLAN_BYTES, UTF-8 with or without a byte-order mark."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block the open
+    except FileNotFoundError:
+        raise PlanError(f"plan file {path} does not exist") from None
+    except OSError as exc:
+        raise PlanError(f"cannot read plan file {path}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise PlanError(f"plan file {path} is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+            raise PlanError(f"plan file {path} is {kind}, not a regular file")
+        too_big = f"plan file {path} is larger than {MAX_PLAN_BYTES >> 20} MiB, which no plan needs"
+        if st.st_size > MAX_PLAN_BYTES:
+            raise PlanError(too_big)
+        os.set_blocking(fd, True)
+        chunks, left = [], MAX_PLAN_BYTES + 1
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise PlanError(f"cannot read plan file {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    raw = b"".join(chunks)
+    if len(raw) > MAX_PLAN_BYTES:  # it grew while read
+        raise PlanError(too_big)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"plan file {path} is not UTF-8 text (byte {exc.start})") from None
 
 
-def _field(raw: dict[str, Any], key: str, kind: type, where: str) -> Any:
-    value = raw.get(key)
-    if value is None:
-        raise PlanError(f"{where} is missing {key!r}")
-    if isinstance(value, bool) or not isinstance(value, kind) or (kind is str and not value):
-        raise PlanError(f"{where}: {key} must be a {'whole number' if kind is int else 'non-empty string'}")
-    return value
+# --- what a plan file or a saved plan may hold: msgspec checks types, counts and ranges --------
+
+_Text = Annotated[str, Meta(min_length=1)]
 
 
-def _choice(value: object, allowed: tuple[str, ...], key: str, where: str) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise PlanError(f"{where}: {key} must be one of {', '.join(allowed)}, not {value!r}")
-    return value
+def _up_to(count: int) -> Meta:
+    return Meta(min_length=1, max_length=count)
 
 
-def _only_keys(raw: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise PlanError(f"{where} has unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+class _Group(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    modules: Annotated[tuple[_Text, ...], _up_to(MAX_MODULES)]
+    lr: Annotated[float, Meta(ge=MIN_LR, le=MAX_LR)]
+    name: _Text | None = None  # a file may leave it out: the modules joined by "+"
+
+
+_Groups = Annotated[tuple[_Group, ...], _up_to(MAX_GROUPS)]
+
+
+class _SavedStage(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    name: _Text
+    epochs: Annotated[int, Meta(ge=0, le=MAX_EPOCHS)]  # 0: the stage is skipped
+    groups: _Groups
+    schedule: _Text = "constant"
+
+
+class _FileStage(_SavedStage, frozen=True, rename={"groups": "group"}):
+    groups: _Groups  # [[stage.group]] tables
+
+
+class _Policies(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    frozen_bn: Literal["train", "eval"] = "train"  # BN_POLICIES
+    moments: Literal["keep", "fresh"] = "keep"  # MOMENT_POLICIES
+
+
+class _SavedPlan(_Policies, frozen=True):
+    stages: Annotated[tuple[_SavedStage, ...], _up_to(MAX_STAGES)]
+    label: _Text = "default"
+
+
+class _FilePlan(_Policies, frozen=True):
+    stage: Annotated[tuple[_FileStage, ...], _up_to(MAX_STAGES)]  # [[stage]] tables
+
+
+_SchemaT = TypeVar("_SchemaT", _SavedPlan, _FilePlan)
+
+
+def _stage(raw: _SavedStage, where: str = "") -> Stage:
+    groups = tuple(Group(g.name or "+".join(g.modules), g.modules, g.lr) for g in raw.groups)
+    return Stage(raw.name, raw.epochs, groups, check_schedule(raw.schedule, where) if where else raw.schedule)
+
+
+def _conform(data: object, schema: type[_SchemaT], where: str) -> _SchemaT:
+    """``data`` as ``schema``; PlanError says in one sentence what does not fit and where."""
+    try:
+        return msgspec.convert(data, schema)
+    except msgspec.ValidationError as exc:
+        raise PlanError(_refusal(str(exc), data, schema, where)) from None
+    except RecursionError:
+        raise PlanError(f"{where or 'the plan'} is nested too deeply to be a plan") from None
+
+
+_AT = re.compile(r"(?P<said>.*?)(?: - at `\$(?P<path>.*)`)?")
+_STEP = re.compile(r"\.(\w+)|\[(\d+)\]")
+
+
+def _refusal(said: str, data: object, schema: type[Struct], where: str) -> str:
+    """msgspec's reason in the words of the plan file's format: the stage and group by
+    number (and name, when it has one), the field by its key."""
+    m = _AT.fullmatch(said)
+    said, path = (m["said"], m["path"] or "") if m else (said, "")
+    levels: list[type[Struct]] = [schema, _FileStage if schema is _FilePlan else _SavedStage, _Group]
+    level, value, key = 0, data, ""
+    here = [where] if where else []
+    for name, index in _STEP.findall(path):
+        if name:
+            key = name
+            value = value.get(name) if isinstance(value, dict) else None
+            continue
+        value = value[int(index)] if isinstance(value, list) and int(index) < len(value) else None
+        if key in ("stage", "stages", "group", "groups"):
+            level += 1
+            label = value.get("name") if isinstance(value, dict) else None
+            shown = level == 1 and isinstance(label, str) and label.isprintable() and len(label) <= MAX_NAME
+            named = f" ({label})" if shown else ""
+            if level == 2 and isinstance(label, str) and GROUP_NAME.fullmatch(label):
+                here.append(f"group {label!r}")
+            else:
+                here.append(f"{'stage' if level == 1 else 'group'} {int(index) + 1}{named}")
+            key = ""
+    w = ", ".join(here) or "the plan"
+    stages = "[[stage]] tables" if schema is _FilePlan else "stages"
+    asked = re.fullmatch(r"Object (contains unknown|missing required) field `(.*)`", said)
+    if asked and asked[1] == "contains unknown":
+        allowed = ", ".join(sorted(levels[min(level, 2)].__struct_encode_fields__))
+        return f"{w} has unknown key {_shown(asked[2])}; allowed: {allowed}"
+    if asked:
+        key, value = asked[2], None
+    if said.startswith("Expected `object`") and not key:
+        return f"{w} is not a plan" if level == 0 else f"{w} is not a table"
+    count = len(value) if isinstance(value, list) else 0
+    too_many = "length <=" in said
+    if key in ("stage", "stages"):
+        return f"{w} has {count} stages; at most {MAX_STAGES} are allowed" if too_many else f"{w} has no {stages}"
+    if key in ("group", "groups"):
+        return (f"{w} has {count} groups; at most {MAX_GROUPS} are allowed" if too_many
+                else f"{w} has no [[stage.group]] tables")
+    if key == "modules":
+        if too_many:
+            return f"{w} names {count} modules; 1 to {MAX_MODULES} may"
+        return f"{w} needs modules = a non-empty list of module names"
+    if key == "lr":
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{w} needs lr = a number"
+        return f"{w}: learning rate must be a number from {MIN_LR:g} to {MAX_LR:g}, not {_number(value)}"
+    if key == "epochs":
+        if asked or isinstance(value, bool) or not isinstance(value, int):
+            return f"{w} is missing 'epochs'" if asked else f"{w}: epochs must be a whole number"
+        return f"{w} has {value} epochs; epochs must be from 0 (skip) to {MAX_EPOCHS}"
+    if key in ("frozen_bn", "moments"):
+        allowed = ", ".join(BN_POLICIES if key == "frozen_bn" else MOMENT_POLICIES)
+        return f"{w}: {key} must be one of {allowed}, not {_shown(value)}"
+    if asked:
+        return f"{w} is missing {key!r}"
+    return f"{w}: {key or 'it'} must be a non-empty string"
+
+
+def _number(value: float) -> str:
+    try:
+        return f"{float(value):g}"
+    except OverflowError:  # an integer beyond any float
+        return "inf"
+
+
+def _shown(value: object) -> str:
+    """A value quoted for a one-line message: escaped (repr) and cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def assign_groups(model: nn.Module, stage: Stage) -> list[tuple[Group, list[nn.Parameter]]]:

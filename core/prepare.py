@@ -24,6 +24,7 @@ from core.events import EpochEnded, LayerRow, Loading
 from core.meter import Sums
 from core.model import ResNet18CBAM, build_model
 from core.rundir import RunDir
+from core.threads import ThreadChoice, choose_threads
 from core.tree import summarize
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class Setup:
     restored: Restored | None = None
     rundir: RunDir | None = field(default=None, repr=False)
     world: int = 1  # training processes; a batch of the loop is batch_size x world images
+    threads: ThreadChoice | None = None  # torch's CPU threads, and why that many
 
     @property
     def global_batch(self) -> int:
@@ -74,17 +76,19 @@ class Setup:
 
 
 def prepare(
-    config: RunConfig, emit: Callable[[Loading], None], rundir: RunDir | None = None, group: Group | None = None
+    config: RunConfig, emit: Callable[[Loading], None], rundir: RunDir | None = None, group: Group | None = None,
+    cpu_reserve: int = 0,
 ) -> Setup:
     """Everything a Trainer needs; ``rundir`` when the caller already holds the run
     (a detached child, rank 0 of a launched group). With a ``group``, only rank 0 claims
-    a run directory. Raises CbamError with one sentence for anything a user can fix."""
-    saved: dict[str, Any] | None = None
+    a run directory. ``cpu_reserve``: cores left for this process's other threads when
+    torch's threads are chosen. Raises CbamError with one sentence for anything a user can fix."""
+    saved: ckpt_mod.Saved | None = None
     if config.resume:
         path = ckpt_mod.find_checkpoint(Path(config.resume))
-        saved = ckpt_mod.load(path)
-        config = merge_resume(saved["config"], config, str(path))
-        if saved["position"]["stage"] >= len(config.plan.stages):
+        saved = ckpt_mod.read(path)
+        config = merge_resume(saved.config, config, str(path))
+        if saved.position.stage >= len(config.plan.stages):
             raise CheckpointError(f"the run in {config.resume} has already finished every stage; nothing to resume")
     else:
         validate(config)
@@ -97,6 +101,8 @@ def prepare(
     precision = resolve_precision(config.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    threads = choose_threads(config.threads, cpu_reserve, "this process's other threads")
+    torch.set_num_threads(threads.threads)
 
     emit(Loading(f"loading {config.dataset} data"))
     spec = DataSpec(
@@ -105,10 +111,10 @@ def prepare(
         parse_classes(config.classes) if config.classes else (),
     )
     if group is not None and not group.leader:
-        group.from_leader(None)  # rank 0 fills the decoded-image cache; the others read it after
+        group.wait_leader("data")  # rank 0 fills the decoded-image cache; the others read it after
     data = load_data(spec, lambda m, d, t: emit(Loading(m, d, t)))
     if group is not None and group.leader:
-        group.from_leader(None)
+        group.leader_done("data")
     if len(data.train) < 2 * world:
         raise ConfigError(f"{len(data.train)} training images cannot be shared by {world} processes (2 each at least)")
 
@@ -135,7 +141,7 @@ def prepare(
         batches_per_epoch=count_batches(len(data.train), config.batch_size * world, 2 * world),
         rows=rows, train_x=_place(data.train.images, device), train_y=_place(data.train.labels, device),
         test_x=_place(data.test.images, device), test_y=_place(data.test.labels, device), restored=restored,
-        world=world,
+        world=world, threads=threads,
     )
     if group is None or group.leader:
         setup.rundir = rundir or _claim_run_dir(config, restored)
@@ -152,39 +158,37 @@ def _claim_run_dir(config: RunConfig, restored: Restored | None) -> RunDir:
     return RunDir.create(Path(config.runs_root), config.name, config.group_control)
 
 
-def _restore(saved: dict[str, Any], model: ResNet18CBAM, data: Dataset, config: RunConfig, world: int) -> Restored:
+def _restore(saved: ckpt_mod.Saved, model: ResNet18CBAM, data: Dataset, config: RunConfig, world: int) -> Restored:
     path = Path(str(config.resume))
-    classes = saved["classes"]
+    classes = saved.classes
     if list(classes) != list(data.classes):
         raise CheckpointError(
             f"checkpoint {path} was trained on {len(classes)} classes ({', '.join(classes[:3])}...), "
             f"but the data set now has {len(data.classes)} ({', '.join(data.classes[:3])}...)"
         )
     try:
-        model.load_state_dict(saved["model"], strict=True)
+        model.load_state_dict(saved.model, strict=True)
     except RuntimeError as exc:
         lines = str(exc).splitlines()
         first = lines[1].strip() if len(lines) > 1 else lines[0]
         raise CheckpointError(f"checkpoint {path} does not fit the model: {first}") from None
-    pos = saved["position"]
-    sums = saved["sums"]
-    torch.set_rng_state(saved["rng"])
-    position = Position(pos["stage"], pos["epoch"], pos["batch"], pos["trained"], pos.get("offset", 0))
-    before = saved.get("global_batch") or saved["config"].batch_size
+    torch.set_rng_state(saved.rng)
+    position = saved.position
+    before = saved.global_batch or saved.config.batch_size
     if position.batch and not position.trained and before != config.batch_size * world:
         position = position.regrouped(before, config.batch_size * world)  # another number of processes
     return Restored(
         path=path,
         position=position,
-        sums=Sums(float(sums["loss_sum"]), sums["correct"], sums["seen"]),
-        best_acc=float(saved["best_acc"]),
-        best_epoch=saved["best_epoch"],
-        global_step=saved["global_step"],
-        optimizer=saved["optimizer"],
-        optimizer_stage=saved["optimizer_stage"],
-        scaler=saved.get("scaler"),
-        history=saved["history"],
-        base_lrs=saved.get("base_lrs") or [],
+        sums=saved.sums,
+        best_acc=saved.best_acc,
+        best_epoch=saved.best_epoch,
+        global_step=saved.global_step,
+        optimizer=saved.optimizer,
+        optimizer_stage=saved.optimizer_stage,
+        scaler=saved.scaler,
+        history=list(saved.history),
+        base_lrs=list(saved.base_lrs),
     )
 
 

@@ -8,43 +8,62 @@
         checkpoints/last.pt  at every epoch end, on save, on stop (atomic, digested)
         checkpoints/best.pt  the best test accuracy so far
         progress.json        the latest batch (or evaluation) position, for attached dashboards
+        index.json           events.jsonl summed up to a byte offset, so that listing runs stays cheap
         system.json          the latest reading of the machine (GPUs, CPU, memory)
         control/             the command inbox: one file per command
         .lock                flock()ed by the process that owns the run, for as long as it lives
         run.pid              that process's pid: a hint for people, never proof of life
         train.log, error.log the output of a detached run; a failure's traceback
         curves.png           the seed's two figures, when a run finishes (with the export extra)
+        workers/             with --nproc-per-node: each training process's stdout and stderr
 
 Everything read from here is untrusted: entries are reached through one open
 directory and never through a link, only regular files are read, each up to a
 size limit, and every event and command is validated (core.events). Whether a
 run is alive is whether its lock is held, not what run.pid says.
+
+The command inbox (control/) is core.inbox's; index.json and the listing of the
+runs under a root are core.runs'. Both reach the directory through this module.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import enum
 import errno
 import fcntl
 import io
 import json
-import math
 import os
 import re
-import signal
 import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import faults
-from core.errors import ConfigError, RunDirError
-from core.events import BadEvent, EpochEnded, Evaluating, Event, Progress, SystemSample, clean_text, from_dict
-from core.safefs import DIR_MODE, FILE_MODE, Dir, UnsafeFile, write_all
+from core.errors import RunDirError
+from core.events import (
+    BadEvent,
+    EpochEnded,
+    Evaluating,
+    Event,
+    Progress,
+    RunFailed,
+    RunFinished,
+    RunStopped,
+    SystemSample,
+    clean_text,
+    from_json,
+    read_line,
+)
+from core.safefs import DIR_MODE, FILE_MODE, Dir, UnsafeFile, release, reserve, write_all
+from core.state import RunState
+
+if TYPE_CHECKING:
+    from core.runs import Summary
 
 CONFIG = "config.json"
 EVENTS = "events.jsonl"
@@ -61,137 +80,27 @@ PID = "run.pid"
 TRAIN_LOG = "train.log"
 CURVES = "curves.png"
 ERROR_LOG = "error.log"
-_FILES = (CONFIG, EVENTS, METRICS, PROGRESS, SYSTEM, LOCK, PID)
-_DIRS = (CHECKPOINTS, CONTROL)
+INDEX = "index.json"  # a summary of events.jsonl (core.runs)
+WORKERS = "workers"
+_FILES = (CONFIG, EVENTS, METRICS, PROGRESS, SYSTEM, LOCK, PID, CURVES, INDEX)
+_FINAL_EVENTS = (RunFinished, RunStopped, RunFailed)
+_DIRS = (CHECKPOINTS, CONTROL, WORKERS)
 
 MAX_CONFIG = 1 << 20
 MAX_LINE = 8 << 20  # an event line longer than this is not one of ours
-MAX_READ = 64 << 20  # of events.jsonl per read, so a huge file is folded in steps
-MAX_COMMAND = 4096
+MAX_READ = 4 << 20  # of events.jsonl per read, so a huge file is folded in steps
 MAX_PROGRESS = 4096
 MAX_SYSTEM = 1 << 16
 PROGRESS_EVERY_S = 1.0
-POLL_S = 0.05  # the inbox, at batch boundaries and while paused
-GROUP_DIR_MODE, GROUP_CONTROL_MODE, GROUP_FILE_MODE = 0o750, 0o770, 0o640
+# With --group-control; control/ is set-group-ID, so that a command a group member drops
+# there belongs to the run's group whatever the member's own primary group is.
+GROUP_DIR_MODE, GROUP_CONTROL_MODE, GROUP_FILE_MODE = 0o750, 0o2770, 0o640
+EVENTS_RESERVE = 256 << 10  # bytes kept free past events.jsonl's end: a full disk cannot cut an event
 
 METRICS_COLUMNS = (
     "stage", "epoch", "epoch_in_stage", "batches_done", "train_loss", "train_acc",
     "test_loss", "test_acc", "seconds", "images_per_second",
 )
-
-
-# --- why a run (or a process attached to one) stopped, and its exit code ------------
-
-
-class StopReason(enum.StrEnum):
-    FINISHED = "finished"
-    QUIT = "quit"  # q in the dashboard that owns the run
-    COMMAND = "stop command"  # `ctl stop`, or x in an attached dashboard
-    LEFT = "left"  # an attached dashboard left; the run goes on
-    SIGINT = "SIGINT"
-    SIGTERM = "SIGTERM"
-    SIGHUP = "SIGHUP"  # the terminal (an SSH connection) went away
-    SIGUSR1 = "SIGUSR1"  # a scheduler's warning before preemption (SLURM --signal=USR1@90)
-    NONFINITE = "non-finite loss"
-    WRITE_FAILED = "write failed"  # a full or failing disk: no good checkpoint could be kept
-    FAILED = "failed"
-
-    @property
-    def exit_code(self) -> int:
-        return _EXIT_CODES[self]
-
-    @classmethod
-    def of_signal(cls, signum: int) -> StopReason:
-        return cls(signal.Signals(signum).name)
-
-
-REQUEUE_EXIT = 75  # EX_TEMPFAIL: stopped for preemption with a checkpoint; requeue and --resume
-_EXIT_CODES = {
-    StopReason.FINISHED: 0, StopReason.QUIT: 0, StopReason.COMMAND: 0, StopReason.LEFT: 0,
-    StopReason.SIGINT: 128 + signal.SIGINT, StopReason.SIGTERM: 128 + signal.SIGTERM,
-    StopReason.SIGHUP: 128 + signal.SIGHUP, StopReason.SIGUSR1: REQUEUE_EXIT,
-    StopReason.NONFINITE: 1, StopReason.WRITE_FAILED: 1, StopReason.FAILED: 1,
-}
-
-
-# --- commands: the inbox's messages ------------------------------------------------
-
-STOP_VALUES = ("quit", "SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1")  # why a launcher stops its ranks
-VERBS = ("pause", "resume", "next", "save", "stop", "lr", "epochs")
-MAX_LR = 10.0
-MAX_EPOCH_CHANGE = 10_000
-_COMMAND_NAME = re.compile(r"(\d{1,20})-(\d{1,10})-([a-z]{1,16})")
-_GROUP = re.compile(r"[A-Za-z0-9+._-]{1,100}")
-
-
-@dataclass(frozen=True)
-class Command:
-    """One request to a run, from a key, `ctl` or a dashboard attached to its directory.
-
-    ``lr``: ``value`` is a rate (``3e-4``) or a factor (``x0.5``), for every group of the
-    stage or only ``group``. ``epochs``: ``value`` is ``+N`` or ``-N`` for this stage.
-    """
-
-    verb: str
-    value: str = ""
-    group: str = ""
-
-    def __post_init__(self) -> None:
-        if self.verb not in VERBS:
-            raise ConfigError(f"unknown command {clean_text(self.verb)!r}: use one of {', '.join(VERBS)}")
-        if self.verb == "lr":
-            self.lr_change()
-        elif self.verb == "epochs":
-            self.epoch_change()
-        elif self.verb == "stop" and self.value:
-            self.stop_reason()
-        elif self.value or self.group:
-            raise ConfigError(f"{self.verb} takes no value")
-        if self.group and (self.verb != "lr" or not _GROUP.fullmatch(self.group)):
-            shown = clean_text(self.group)
-            raise ConfigError(f"--group names an optimizer group (letters, digits, + . _ -), not {shown!r}")
-
-    def lr_change(self) -> tuple[bool, float]:
-        """(scale?, number): ``x0.5`` scales the rates, ``3e-4`` sets them."""
-        scale = self.value.startswith("x")
-        try:
-            number = float(self.value[1:] if scale else self.value)
-        except ValueError:
-            number = math.nan
-        if not (math.isfinite(number) and 0 < number <= (1000.0 if scale else MAX_LR)):
-            shown = clean_text(self.value)
-            raise ConfigError(f"lr takes a rate (like 3e-4, at most {MAX_LR:g}) or a factor (like x0.5), not {shown!r}")
-        return scale, number
-
-    def epoch_change(self) -> int:
-        text = self.value
-        if not (text[:1] in "+-" and text[1:].isdigit() and 0 < int(text[1:]) <= MAX_EPOCH_CHANGE):
-            raise ConfigError(f"epochs takes +N or -N (like +2), not {clean_text(text)!r}")
-        return int(text)
-
-    def stop_reason(self) -> StopReason:
-        """stop: why a launcher stops its ranks (``SIGUSR1``: checkpoint and requeue), else a command."""
-        if not self.value:
-            return StopReason.COMMAND
-        if self.value not in STOP_VALUES:
-            raise ConfigError(f"stop takes no value or one of {', '.join(STOP_VALUES)}, not {clean_text(self.value)!r}")
-        return StopReason(self.value)
-
-    def __str__(self) -> str:
-        return " ".join(x for x in (self.verb, self.value, f"(group {self.group})" if self.group else "") if x)
-
-    def to_body(self, origin: str) -> dict[str, Any]:
-        return {"origin": origin, "value": self.value, "group": self.group}
-
-    @classmethod
-    def from_body(cls, verb: str, body: object) -> tuple[Command, str]:
-        """The command and its origin from a claimed file; ValueError if it is not one."""
-        if not isinstance(body, dict) or not isinstance(body.get("origin"), str):
-            raise ValueError("not a command")
-        value, group = body.get("value", ""), body.get("group", "")
-        if not isinstance(value, str) or not isinstance(group, str) or len(value) > 40 or len(group) > 100:
-            raise ValueError("not a command")
-        return cls(verb, value, group), clean_text(body["origin"][:200])
 
 
 # --- who owns a run --------------------------------------------------------------
@@ -290,6 +199,64 @@ def check_entries(run: Dir) -> None:
             )
 
 
+def check_owned(run: Dir) -> None:
+    """Refuse to write a run directory that belongs to another user: under a shared runs
+    root, it may have been made to look like one of ours, with its entries pointing anywhere."""
+    uid = os.fstat(run.fd).st_uid
+    if uid != os.getuid():
+        raise RunDirError(f"{run.path} belongs to another user (uid {uid}): cbam-tui writes only your own runs")
+
+
+def root_notes(root: Path, group_control: bool) -> list[str]:
+    """One line for each thing about a runs root that lets other users in, or keeps the
+    run's group out with --group-control. A run is safe there either way (it is reached
+    through its own directory, never through a link, and never resumed if it is not
+    yours): the notes are for the person to decide where runs should live."""
+    try:
+        st = os.stat(root)
+    except OSError:
+        return []
+    mode = stat.S_IMODE(st.st_mode)
+    notes = []
+    if st.st_uid not in (os.getuid(), 0):
+        notes.append(f"the runs root {root} belongs to another user (uid {st.st_uid}), who can rename or remove "
+                     "the runs in it: use a runs root of your own (--runs-root)")
+    elif mode & 0o002:
+        notes.append(f"the runs root {root} is writable by every user (mode {mode:04o}): others can plant runs "
+                     "there (never resumed, since they are not yours); a runs root of your own is safer")
+    if group_control and (mode & 0o050) != 0o050:
+        notes.append(f"--group-control: the runs root {root} (mode {mode:04o}) keeps the group out, so its members "
+                     f"cannot reach this run: chmod g+rx {root}")
+    return notes
+
+
+def record_failure(run_path: Path, message: str, wait_s: float) -> bool:
+    """Append ``message`` as the run's failure when the process that wrote it is gone
+    (rank 0 of a group whose survivor says why): only once its lock is free (within
+    ``wait_s``), and only if the run's latest start has no final event yet. True if written."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with open_run(run_path, follow=False) as run:
+                group_control = read_config(run).get("group_control") is True
+            rundir = RunDir.open(run_path, group_control)
+            break
+        except RunDirError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+    try:
+        if RunState(keep_losses=False).fold(EventReader(rundir.dir).events(final=True)).status.ended:
+            return False
+        kept = str(rundir.checkpoint_path()) if rundir.has_checkpoint() else None
+        rundir.write(RunFailed(message, kept))
+        return True
+    except OSError:
+        return False
+    finally:
+        rundir.close()
+
+
 def checkpoint_in(run_path: Path) -> Path:
     """Where a run keeps the checkpoint it resumes from."""
     return run_path / CHECKPOINTS / LAST
@@ -333,17 +300,21 @@ def read_config(run: Dir) -> dict[str, Any]:
 class RunDir:
     """A run directory held by this process: locked, written, closed."""
 
-    def __init__(self, run: Dir, lock_fd: int, group: bool = False) -> None:
+    def __init__(self, run: Dir, lock_fd: int, group_control: bool = False) -> None:
         self.dir = run
         self._lock_fd = lock_fd
-        self.group = group
+        self.group_control = group_control
         self.locked_at_ns = time.time_ns()
         self.checkpoints = run.sub(CHECKPOINTS, create=True, mode=self._dir_mode)
-        self.control = run.sub(CONTROL, create=True, mode=GROUP_CONTROL_MODE if group else DIR_MODE)
+        self.control = run.sub(CONTROL, create=True, mode=GROUP_CONTROL_MODE if group_control else DIR_MODE)
+        self._apply_modes()
         self._events: int | None = None
+        self._reserved = 0  # of EVENTS_RESERVE, what the appends since the last reservation have not used
         self._metrics: int | None = None
         self._cut = False  # the last event write failed half-way: start the next on a new line
         self._live_at: dict[str, tuple[float, str]] = {}
+        self._summary: Summary | None = None  # the light fold behind index.json, kept up at epoch ends
+        self._index_due = 0.0
 
     @property
     def path(self) -> Path:
@@ -355,20 +326,20 @@ class RunDir:
 
     @property
     def _dir_mode(self) -> int:
-        return GROUP_DIR_MODE if self.group else DIR_MODE
+        return GROUP_DIR_MODE if self.group_control else DIR_MODE
 
     @property
     def _file_mode(self) -> int:
-        return GROUP_FILE_MODE if self.group else FILE_MODE
+        return GROUP_FILE_MODE if self.group_control else FILE_MODE
 
     # --- claiming ------------------------------------------------------------
     @classmethod
-    def create(cls, root: Path, name: str, group: bool = False) -> RunDir:
+    def create(cls, root: Path, name: str, group_control: bool = False) -> RunDir:
         """A new run directory ``<root>/<stamp>-<name>``, locked."""
-        mode = GROUP_DIR_MODE if group else DIR_MODE
+        mode = GROUP_DIR_MODE if group_control else DIR_MODE
         try:
-            root.mkdir(parents=True, exist_ok=True, mode=mode)
-            parent = Dir.open(root, follow=True)
+            root.parent.mkdir(parents=True, exist_ok=True)
+            parent = Dir.open(root, create=True, mode=mode, follow=True)  # a new root gets ``mode`` exactly
         except OSError as exc:
             raise RunDirError(f"cannot create run directory under {root}: {exc.strerror or exc}") from None
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -382,13 +353,13 @@ class RunDir:
                 except OSError as exc:
                     why = exc.strerror or exc
                     raise RunDirError(f"cannot create run directory {root / candidate}: {why}") from None
-                return cls._claim(parent.sub(candidate), group)
+                return cls._claim(parent.sub(candidate), group_control)
         raise RunDirError(f"cannot create a new run directory under {root}: too many runs named {name!r} this second")
 
     @classmethod
-    def create_at(cls, path: Path, group: bool = False) -> RunDir:
+    def create_at(cls, path: Path, group_control: bool = False) -> RunDir:
         """Exactly ``path`` (--run-dir): a new or empty directory, never someone else's files."""
-        mode = GROUP_DIR_MODE if group else DIR_MODE
+        mode = GROUP_DIR_MODE if group_control else DIR_MODE
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             os.mkdir(path, mode)
@@ -408,24 +379,30 @@ class RunDir:
         if run.names():
             run.close()
             raise RunDirError(f"--run-dir {path} is not empty and holds no run: give a new or empty directory")
-        return cls._claim(run, group)
+        try:
+            check_owned(run)
+        except RunDirError:
+            run.close()
+            raise
+        return cls._claim(run, group_control)
 
     @classmethod
-    def open(cls, path: Path, group: bool = False) -> RunDir:
+    def open(cls, path: Path, group_control: bool = False) -> RunDir:
         """An existing run, to append to on resume; its own entries must be intact."""
         run = open_run(path)
         try:
             check_entries(run)
+            check_owned(run)
         except BaseException:
             run.close()
             raise
-        claimed = cls._claim(run, group)
+        claimed = cls._claim(run, group_control)
         claimed.dir.remove_temps()
         claimed.checkpoints.remove_temps()
         return claimed
 
     @classmethod
-    def adopt(cls, path: Path, lock_fd: int, locked_at_ns: int, group: bool = False) -> RunDir:
+    def adopt(cls, path: Path, lock_fd: int, locked_at_ns: int, group_control: bool = False) -> RunDir:
         """The run a parent process claimed for us (``run --detach``): the inherited
         descriptor already holds the lock, so there is no moment without an owner."""
         run = open_run(path)
@@ -434,13 +411,13 @@ class RunDir:
         except OSError:
             run.close()
             raise RunDirError(f"run directory {path} is in use by another cbam-tui process") from None
-        claimed = cls(run, lock_fd, group)
+        claimed = cls(run, lock_fd, group_control)
         claimed.locked_at_ns = locked_at_ns
         claimed._write_pid()
         return claimed
 
     @classmethod
-    def join(cls, path: Path, owner_pid: int, locked_at_ns: int, group: bool = False) -> RunDir:
+    def join(cls, path: Path, owner_pid: int, locked_at_ns: int, group_control: bool = False) -> RunDir:
         """The run that the launcher of several training processes holds (``--nproc-per-node``):
         rank 0 writes it while the launcher keeps the lock, so the run is live exactly as
         long as the launcher, which is also what reports a rank that died."""
@@ -450,7 +427,7 @@ class RunDir:
             run.close()
             raise RunDirError(f"run directory {path} is not held by its launcher (pid {owner_pid})")
         try:
-            joined = cls(run, -1, group)
+            joined = cls(run, -1, group_control)
         except OSError as exc:
             run.close()
             raise RunDirError(f"cannot write to run directory {path}: {exc.strerror or exc}") from None
@@ -469,9 +446,11 @@ class RunDir:
         return self.dir.append_fd(TRAIN_LOG)
 
     @classmethod
-    def _claim(cls, run: Dir, group: bool) -> RunDir:
+    def _claim(cls, run: Dir, group_control: bool) -> RunDir:
         try:
-            fd = run.open_file(LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            # The group may take a shared lock on it (read access is enough for flock):
+            # that is how a member's `ctl` or `watch` tells a live run from a dead one.
+            fd = run.open_file(LOCK, os.O_RDWR | os.O_CREAT, GROUP_FILE_MODE if group_control else FILE_MODE)
         except OSError as exc:
             run.close()
             raise RunDirError(f"cannot write to run directory {run.path}: {exc.strerror or exc}") from None
@@ -491,12 +470,13 @@ class RunDir:
                     f"run directory {run.path} is in use by another cbam-tui process" + (f" (pid {pid})" if pid else "")
                 ) from None
         try:
-            claimed = cls(run, fd, group)
+            claimed = cls(run, fd, group_control)
         except OSError as exc:
             os.close(fd)
             raise RunDirError(f"cannot write to run directory {run.path}: {exc.strerror or exc}") from None
         try:
             claimed._write_pid()
+            claimed._reserve_events(starting=True)
         except BaseException:
             claimed.close()
             raise
@@ -516,6 +496,8 @@ class RunDir:
             raise RunDirError(f"cannot write {self.path / name}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
+        if self._events is not None and self._reserved:
+            release(self._events, EVENTS_RESERVE)
         for fd in (self._events, self._metrics):
             if fd is not None:
                 os.close(fd)
@@ -557,6 +539,27 @@ class RunDir:
         self._cut = False
         if isinstance(event, EpochEnded):
             self._append_metrics(event)
+        self._reserved = max(0, self._reserved - len(data))
+        if self._reserved < EVENTS_RESERVE // 2:
+            self._reserve_events()
+        if isinstance(event, (EpochEnded, *_FINAL_EVENTS)):
+            self._refresh_index(last=not isinstance(event, EpochEnded))
+
+    def _refresh_index(self, last: bool) -> None:
+        """Keep index.json up with the log: at epoch ends, spending at most about 1% of the
+        time on it, and at the run's last event. Best effort: an index is never worth a run."""
+        start = time.monotonic()
+        if not last and start < self._index_due:
+            return
+        from core.runs import summarize, write_index  # the index is the listing's; it reads through here
+
+        with contextlib.suppress(OSError, ValueError):
+            if self._summary is None:
+                self._summary = summarize(self.dir)
+            else:
+                self._summary.state.fold(self._summary.reader.events())
+            write_index(self.dir, self._summary)
+        self._index_due = time.monotonic() + 100 * (time.monotonic() - start)
 
     def _open_appending(self, name: str) -> int:
         fd = self.dir.append_fd(name)
@@ -593,8 +596,8 @@ class RunDir:
         """After a kill between a checkpoint and its epoch_ended event: the epochs the
         checkpoint holds that events.jsonl lacks are appended (and returned), and metrics.csv is
         rebuilt, so every epoch shows exactly once."""
-        events = EventReader(self.dir).read_all(final=True)
-        logged = {(e.epoch, e.global_step) for e, _ in events if isinstance(e, EpochEnded)}
+        reader = EventReader(self.dir, skip=lambda kind: kind != EpochEnded.kind)  # a long log: epochs only
+        logged = {(e.epoch, e.global_step) for e, _ in reader.events(final=True) if isinstance(e, EpochEnded)}
         missing = [e for e in epochs if (e.epoch, e.global_step) not in logged]
         for e in missing:
             self.write(e)
@@ -615,10 +618,6 @@ class RunDir:
         self.checkpoints.write_atomic(name, data)
         return self.checkpoint_path(name)
 
-    @property
-    def curves_path(self) -> Path:
-        return self.path / CURVES
-
     def checkpoint_path(self, name: str = LAST) -> Path:
         return self.path / CHECKPOINTS / name
 
@@ -633,6 +632,55 @@ class RunDir:
             return None
         return self.path / ERROR_LOG
 
+    # --- modes, room for the events, the files written besides them -----------------
+    def _apply_modes(self) -> None:
+        """The modes --group-control promises (or owner-only without it), set on what this
+        user owns, whatever the umask and whichever flag the run had before a resume."""
+        self.dir.file_mode = self.checkpoints.file_mode = self._file_mode
+        for d, mode in ((self.dir, self._dir_mode), (self.checkpoints, self._dir_mode),
+                        (self.control, GROUP_CONTROL_MODE if self.group_control else DIR_MODE)):
+            d.set_mode(mode)
+        for name in (CONFIG, EVENTS, METRICS, PROGRESS, SYSTEM, PID, LOCK, TRAIN_LOG, ERROR_LOG, CURVES):
+            with contextlib.suppress(OSError):
+                fd = self.dir.open_file(name, os.O_RDONLY)
+                try:
+                    if os.fstat(fd).st_uid == os.getuid():
+                        os.fchmod(fd, self._file_mode)
+                finally:
+                    os.close(fd)
+
+    def _reserve_events(self, starting: bool = False) -> None:
+        """Keep EVENTS_RESERVE bytes of disk past events.jsonl's end, so the events that
+        say how a run began and ended are never cut by a full disk. At the start, no room
+        is one sentence before anything else is written; later, OSError(ENOSPC) from
+        `write`, which stops the run while the reserve still holds its last events."""
+        made = self._events is None and self.dir.lstat(EVENTS) is None
+        if self._events is None:
+            self._events = self._open_appending(EVENTS)
+        try:
+            reserve(self._events, EVENTS_RESERVE)  # where the file system cannot, look again 128 KiB on
+            self._reserved = EVENTS_RESERVE
+        except OSError as exc:
+            if not starting:
+                raise
+            if made:
+                self.dir.unlink(EVENTS)  # not a run yet: nothing for `runs` to list
+            raise RunDirError(
+                f"no room in {self.path} for the run's events ({EVENTS_RESERVE >> 10} KiB): "
+                f"{exc.strerror or exc}"
+            ) from None
+
+    def write_curves(self, data: bytes) -> Path:
+        """curves.png, replaced atomically through the run's directory: a link planted
+        under that name is replaced, never followed."""
+        self.dir.write_atomic(CURVES, data, durable=False)
+        return self.path / CURVES
+
+    def open_workers(self) -> Dir:
+        """workers/, where the training processes' output goes: created with the run's
+        directory mode; a link or a file there is UnsafeFile, never followed."""
+        return self.dir.sub(WORKERS, create=True, mode=self._dir_mode)
+
 
 def _csv_rows(rows: list[Any]) -> bytes:
     buf = io.StringIO()
@@ -646,134 +694,45 @@ def _metrics_row(e: EpochEnded) -> tuple[object, ...]:
         f"{e.test_loss:.6f}", f"{e.test_acc:.4f}", f"{e.seconds:.3f}", f"{e.images_per_second:.1f}",
     )
 
-
-# --- the inbox: commands in, exactly once or not at all ---------------------------
-
-
-class Inbox:
-    """The trainer's end of the control channel: polled at batch boundaries.
-
-    A sender drops ``control/<time_ns>-<pid>-<verb>`` (JSON: who sent it) atomically;
-    the trainer claims a file by renaming it, reads it and removes it. A sender that
-    gives up takes its file back; rename and unlink cannot both succeed, so a command
-    applies once or never. Only regular files named like commands, made by this user
-    (or its group, with --group-control), are ever read; anything else is left alone.
-    """
-
-    def __init__(self, run: RunDir, on_command: Callable[[Command, str], None]) -> None:
-        self.dir = run.control
-        self.group = run.group
-        self.on_command = on_command
-        self._next_poll = 0.0
-        self._ignored: set[str] = set()
-        # Commands from before this process held the run were meant for one that is gone;
-        # those sent while it started (a `ctl` right after --detach) still count.
-        since = run.locked_at_ns - 1_000_000_000
-        for name, st in self.dir.entries():
-            m = _COMMAND_NAME.fullmatch(name.removeprefix(".").removesuffix(".taken"))
-            if m and stat.S_ISREG(st.st_mode) and self._trusted(st) and (name.endswith(".taken") or int(m[1]) < since):
-                self.dir.unlink(name)
-
-    def _trusted(self, st: os.stat_result) -> bool:
-        return st.st_uid == os.getuid() or (self.group and st.st_gid == os.fstat(self.dir.fd).st_gid)
-
-    def poll(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if now < self._next_poll and not force:
-            return
-        self._next_poll = now + POLL_S
-        try:
-            names = self.dir.names()
-        except OSError:
-            return
-        for name in names:
-            if not name.startswith(".") and name not in self._ignored:
-                self._take(name)
-
-    def _take(self, name: str) -> None:
-        m = _COMMAND_NAME.fullmatch(name)
-        st = self.dir.lstat(name)
-        if st is None:
-            return  # taken back by its sender
-        if m is None or m[3] not in VERBS or not stat.S_ISREG(st.st_mode) or not self._trusted(st):
-            self._ignored.add(name)  # not a command of ours: left alone, never read
-            return
-        claimed = f".{name}.taken"
-        try:
-            self.dir.rename(name, claimed)
-        except OSError:
-            return
-        try:
-            raw = self.dir.read(claimed, MAX_COMMAND)
-            command, origin = Command.from_body(m[3], json.loads(raw or b""))
-        except (OSError, ValueError, ConfigError):
-            return
-        finally:
-            self.dir.unlink(claimed)
-        self.on_command(command, origin)
-
-
-def can_control(run: Dir, owner: Owner | None = None, ended: str | None = None) -> tuple[bool, str]:
-    """Whether this process may steer the run, and if not, why (one sentence)."""
-    owner = owner or probe_owner(run)
-    if not owner.alive:
-        why = f"the run has {ended}" if ended else "no live process owns the run"
-        return False, f"{why}: watching only"
+def deleted(d: Dir) -> bool:
+    """The directory was removed (rm -rf) while held open: it has no name left."""
     try:
-        with run.sub(CONTROL) as inbox:
-            if not os.access(inbox.path, os.W_OK | os.X_OK):
-                return False, f"no permission to write to {inbox.path}: watching only"
-    except FileNotFoundError:
-        return False, "the run takes no commands (no control directory yet): watching only"
-    except OSError as exc:
-        return False, f"the run's control directory is unusable ({exc.strerror or exc}): watching only"
-    return True, "controlling" + (f" pid {owner.pid}" if owner.pid else " the run")
-
-
-def send(run_path: Path, command: Command, origin: str, ended: str | None = None) -> str:
-    """Queue one command for the run's trainer; returns the command's name for `wait_taken`."""
-    with open_run(run_path) as run:
-        ok, why = can_control(run, ended=ended)
-        if not ok:
-            raise RunDirError(f"cannot control {run_path}: {why.removesuffix(': watching only')}")
-        name = f"{time.time_ns():020d}-{os.getpid()}-{command.verb}"
-        try:
-            with run.sub(CONTROL) as inbox:
-                inbox.write_atomic(name, json.dumps(command.to_body(origin)).encode(), durable=False)
-        except OSError as exc:
-            raise RunDirError(f"cannot write a command to {run_path / CONTROL}: {exc.strerror or exc}") from None
-    return name
-
-
-def wait_taken(run_path: Path, name: str, timeout: float) -> bool:
-    """True once the trainer has claimed command ``name``; False if it was taken back unclaimed."""
-    with open_run(run_path) as run, run.sub(CONTROL) as inbox:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if inbox.lstat(name) is None:
-                return True
-            time.sleep(0.02)
-        try:
-            os.unlink(name, dir_fd=inbox.fd)
-        except FileNotFoundError:
-            return True  # claimed at the last moment
-        return False
-
+        return os.fstat(d.fd).st_nlink == 0
+    except OSError:
+        return True
 
 # --- reading: tolerant of anything ---------------------------------------------------
 
 
 class EventReader:
     """Reads events.jsonl as it grows. A line that is not a valid event (cut short by a
-    crash, garbled, planted, another version's) is counted in ``bad`` and skipped."""
+    crash, garbled, planted, another version's) is counted in ``bad`` and skipped.
 
-    def __init__(self, run: Dir) -> None:
+    However long the file, it is read in steps of MAX_READ, and `events` yields as it
+    goes, so nothing but what the caller keeps grows with it. A reader that folds only
+    part of a run passes the rest over unparsed: ``skip`` is asked about each line's kind
+    (as the trainer writes it, at the start of the line: any other line is parsed to be
+    judged), and of a row of ``latest`` kinds, with only skipped lines between them, only
+    the last is read. A line passed over is judged only by its end (one cut short is bad).
+    """
+
+    def __init__(self, run: Dir, skip: Callable[[str], bool] | None = None,
+                 latest: frozenset[str] = frozenset()) -> None:
         self.run = run
         self.offset = 0
+        self.size = 0  # of events.jsonl at the last read
         self.bad = 0
         self.last_bad = ""
+        self.skip = skip
+        self.latest = latest
         self._partial = b""
         self._skipping = False  # inside an over-long line, until its newline
+        self._held = b""  # the last line of a row of ``latest`` kinds, not yet read
+
+    @property
+    def consumed(self) -> int:
+        """Bytes of whole lines read (the unfinished last line not counted)."""
+        return self.offset - len(self._partial)
 
     def read(self, final: bool = False) -> list[tuple[Event, float | None]]:
         """New events with their wall-clock stamps. ``final``: the writer is gone, so an
@@ -783,9 +742,9 @@ class EventReader:
         except FileNotFoundError:
             return []
         try:
-            size = os.fstat(fd).st_size
+            size = self.size = os.fstat(fd).st_size
             if size < self.offset:  # replaced or truncated under us: read it afresh
-                self.offset, self._partial, self._skipping = 0, b"", False
+                self.offset, self._partial, self._skipping, self._held = 0, b"", False, b""
             chunk = os.pread(fd, min(size - self.offset, MAX_READ), self.offset) if size > self.offset else b""
         finally:
             os.close(fd)
@@ -801,32 +760,59 @@ class EventReader:
         if final and self._partial.strip() and self.offset >= size:
             lines.append(self._partial)
             self._partial = b""
-        out = []
+        out: list[tuple[Event, float | None]] = []
         for line in lines:
             if not line.strip():
                 continue
-            try:
-                data = json.loads(line.decode("utf-8"))  # the file's encoding: json would guess UTF-16 from a BOM
-                event = from_dict(data)
-            except (ValueError, BadEvent, RecursionError) as exc:
-                self._bad(str(exc))
+            kind = _kind_of(line)
+            if kind is not None and (kind in self.latest or (self.skip is not None and self.skip(kind))):
+                if not line.rstrip().endswith(b"}"):  # cut short: a line passed over is judged this far
+                    self._bad(f"a {kind} line cut short")
+                    continue
+                if kind not in self.latest:
+                    continue
+            if kind in self.latest:
+                self._held = line
                 continue
-            t = data.get("t")
-            out.append((event, float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None))
+            if self._held:
+                self._parse(self._held, out)
+                self._held = b""
+            self._parse(line, out)
+        if self._held and self.offset >= size:  # the last there is: nothing supersedes it yet
+            self._parse(self._held, out)
+            self._held = b""
         return out
 
-    def read_all(self, final: bool = False) -> list[tuple[Event, float | None]]:
-        """Everything there is now, however large, in bounded steps."""
-        out: list[tuple[Event, float | None]] = []
+    def _parse(self, line: bytes, out: list[tuple[Event, float | None]]) -> None:
+        try:
+            out.append(read_line(line))
+        except BadEvent as exc:
+            self._bad(str(exc))
+
+    def events(self, final: bool = False) -> Iterator[tuple[Event, float | None]]:
+        """Everything there is now, however large, one bounded step at a time."""
         while True:
             before = self.offset
-            out.extend(self.read(final))
+            yield from self.read(final)
             if self.offset == before:
-                return out
+                return
+
+    def read_all(self, final: bool = False) -> list[tuple[Event, float | None]]:
+        """Everything there is now, as one list (a fold should iterate `events` instead)."""
+        return list(self.events(final))
 
     def _bad(self, why: str) -> None:
         self.bad += 1
         self.last_bad = clean_text(why[:120])
+
+
+_KIND = re.compile(rb'\{"event":"([a-z_]{1,40})"')
+
+
+def _kind_of(line: bytes) -> str | None:
+    """The event kind at the start of a line as the trainer writes it, without parsing it."""
+    m = _KIND.match(line)
+    return m[1].decode("ascii") if m else None
 
 
 def read_live(run: Dir) -> tuple[Progress | Evaluating | None, SystemSample | None]:
@@ -835,7 +821,7 @@ def read_live(run: Dir) -> tuple[Progress | Evaluating | None, SystemSample | No
     for name, size in ((PROGRESS, MAX_PROGRESS), (SYSTEM, MAX_SYSTEM)):
         try:
             raw = run.read(name, size)
-            found.append(from_dict(json.loads(raw)) if raw else None)
+            found.append(from_json(raw) if raw else None)
         except (OSError, ValueError, BadEvent):
             found.append(None)
     position, system = found
@@ -844,144 +830,3 @@ def read_live(run: Dir) -> tuple[Progress | Evaluating | None, SystemSample | No
         system if isinstance(system, SystemSample) else None,
     )
 
-
-def iter_run_dirs(root: Path) -> Iterator[Path]:
-    """The run directories directly under ``root`` (links to elsewhere are not ours)."""
-    try:
-        parent = Dir.open(root, follow=True)
-    except FileNotFoundError:
-        raise RunDirError(f"no runs yet: {root} does not exist") from None
-    except OSError as exc:
-        raise RunDirError(f"cannot read {root}: {exc.strerror or exc}") from None
-    with parent:
-        for name, st in parent.entries():
-            if not stat.S_ISDIR(st.st_mode) or name.startswith("."):
-                continue
-            try:
-                with parent.sub(name) as run:
-                    if is_run(run):
-                        yield root / name
-            except OSError:
-                continue
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """A run as `runs` lists it."""
-
-    path: Path
-    state: str  # starting, loading, running, paused, finished, stopped, failed, dead or unreadable
-    stage: str = "-"  # "2/3"
-    epoch: str = "-"  # "7/50"
-    best_acc: float | None = None
-    started: float | None = None  # wall-clock seconds
-    seconds: float | None = None  # from the first event to the last, or to now while it runs
-    pid: int | None = None  # of the live owner
-    message: str = ""  # why it stopped, failed or cannot be read
-    bad_lines: int = 0  # lines of events.jsonl that are no valid event
-    resumable: bool = False  # it has a checkpoint, has not finished and is not running
-    epochs_done: int = 0
-
-    @property
-    def live(self) -> bool:
-        return self.pid is not None or self.state in ("starting", "loading", "running", "paused")
-
-
-def inspect_run(path: Path, follow: bool = True) -> RunInfo:
-    """Everything `runs` shows about one run directory; never raises for a broken one."""
-    from core.state import ENDED, FINISHED, RunState
-
-    try:
-        with open_run(path, follow) as run:
-            owner = probe_owner(run)
-            reader = EventReader(run)
-            state = RunState(keep_losses=False)
-            for event, t in reader.read_all(final=not owner.alive):
-                state.apply(event, t)
-            resumable = has_checkpoint(run) and state.status != FINISHED
-            if state.first_t is None:
-                st = run.lstat(EVENTS) or run.lstat(LOCK)
-                state.first_t = state.last_t = st.st_mtime if st else None
-    except (RunDirError, OSError) as exc:
-        message = str(exc) if isinstance(exc, RunDirError) else f"cannot be read: {exc.strerror or exc}"
-        return RunInfo(path, "unreadable", message=message)
-    status = state.status.lower()
-    message = state.message or ""
-    if state.status not in ENDED and not owner.alive:
-        status, message = "dead", "the process is gone without a final event"
-    if reader.bad:
-        note = f"{reader.bad} unreadable line{'s' if reader.bad > 1 else ''} in {EVENTS} ({reader.last_bad})"
-        message = f"{message}; {note}" if message else note
-    seconds = None
-    if state.first_t is not None and state.last_t is not None:
-        seconds = (time.time() if owner.alive else state.last_t) - state.first_t
-    return RunInfo(
-        path, status, state.stage_text, state.epoch_text, state.best_acc, state.first_t, seconds,
-        owner.pid if owner.alive else None, message, reader.bad, resumable and not owner.alive, len(state.epochs),
-    )
-
-
-def list_runs(root: Path) -> list[RunInfo]:
-    """The runs directly under ``root``, oldest first; a broken one is listed, never fatal."""
-    runs = [inspect_run(p, follow=False) for p in iter_run_dirs(root)]
-    return sorted(runs, key=lambda r: (r.started or 0.0, r.path.name))
-
-
-def remove_run(root: Path, name: str) -> None:
-    """Delete the run directory ``root/name``, and only if it is a run that no process holds:
-    never a link, never anything outside it."""
-    import shutil
-
-    with Dir.open(root, follow=True) as parent:
-        st = parent.lstat(name)
-        if st is None or not stat.S_ISDIR(st.st_mode):
-            raise RunDirError(f"{root / name} is not a run directory")
-        with parent.sub(name) as run:
-            if not is_run(run):
-                raise RunDirError(f"{root / name} is not a cbam-tui run directory")
-            if probe_owner(run).alive:
-                raise RunDirError(f"{root / name} is in use by a live process")
-        shutil.rmtree(name, dir_fd=parent.fd)
-
-
-def unfinished_run(name: str, root: Path) -> Path | None:
-    """The newest run named ``name`` under ``root`` that stopped or died with a checkpoint
-    (what a requeued job should go on with); None when there is none."""
-    try:
-        runs = list_runs(root)
-    except RunDirError:
-        return None
-    for info in reversed(runs):
-        if info.state not in ("stopped", "dead") or not info.resumable:
-            continue
-        try:
-            with open_run(info.path, follow=False) as run:
-                config = read_config(run)
-        except RunDirError:
-            continue
-        if config.get("name") == name:
-            return info.path
-    return None
-
-
-def resolve_run(arg: str | None, root: Path) -> Path:
-    """The run a user means: a run directory, a run's name (or a unique start of it)
-    under ``root``, or with no argument the newest run there."""
-    if arg is None:
-        runs = list_runs(root)
-        if not runs:
-            raise RunDirError(f"no runs under {root}: start one with cbam-tui run, or name a run directory")
-        return runs[-1].path
-    path = Path(arg)
-    if path.exists() or "/" in arg or not arg.strip(".") or not root.is_dir():
-        open_run(path).close()
-        return path
-    names = [p for p in iter_run_dirs(root) if p.name == arg] or [
-        p for p in iter_run_dirs(root) if p.name.startswith(arg)
-    ]
-    if not names:
-        raise RunDirError(f"{arg} is neither a run directory nor the name of a run under {root}")
-    if len(names) > 1:
-        shown = ", ".join(p.name for p in sorted(names)[:4]) + (", ..." if len(names) > 4 else "")
-        raise RunDirError(f"{arg!r} matches {len(names)} runs under {root} ({shown}): give more of the name")
-    return names[0]

@@ -5,7 +5,8 @@ disk may have put anything there. A `Dir` is opened once without following a
 link, and every entry is reached through it, so swapping a path component for
 a symlink later leads nowhere. Files are opened with ``O_NOFOLLOW`` and
 ``O_NONBLOCK`` (a FIFO can neither hang a reader nor a writer), checked to be
-regular files, read up to a size limit, and created owner-only.
+regular files, read up to a size limit, and created owner-only (or with the mode
+a caller sets on the `Dir`, applied with fchmod: the umask never decides).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from core import faults
@@ -49,21 +50,24 @@ def _describe(mode: int) -> str:
 class Dir:
     """A directory held open; ``path`` is for messages only, never for access."""
 
-    def __init__(self, fd: int, path: Path) -> None:
+    def __init__(self, fd: int, path: Path, file_mode: int = FILE_MODE) -> None:
         self.fd = fd
         self.path = path
+        self.file_mode = file_mode  # of the files this Dir creates
 
     # --- opening -----------------------------------------------------------
     @classmethod
     def open(cls, path: Path, create: bool = False, mode: int = DIR_MODE, follow: bool = False) -> Dir:
         """Open ``path`` as a directory. Its last component must not be a link unless
         ``follow``: a path the user typed may go through links of their own."""
+        made = False
         if create:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(path, mode)
+                made = True
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC if follow else _DIR_FLAGS
         try:
-            return cls(os.open(path, flags), path)
+            opened = cls(os.open(path, flags), path)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 kind = _lstat_kind(path)
@@ -71,19 +75,31 @@ class Dir:
                     raise NotADirectoryError(exc.errno, f"{path} is a file, not a directory") from None
                 raise UnsafeFile(exc.errno, f"{path} is {kind}, not a directory") from None
             raise
+        if made:
+            opened.set_mode(mode)
+        return opened
 
     def sub(self, name: str, create: bool = False, mode: int = DIR_MODE) -> Dir:
+        made = False
         if create:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(name, mode, dir_fd=self.fd)
+                made = True
         try:
-            return Dir(os.open(name, _DIR_FLAGS, dir_fd=self.fd), self.path / name)
+            opened = Dir(os.open(name, _DIR_FLAGS, dir_fd=self.fd), self.path / name)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 found = self.lstat(name)
                 kind = _describe(found.st_mode) if found else "missing"
                 raise UnsafeFile(exc.errno, f"{self.path / name} is {kind}, not a directory") from None
             raise
+        if made:
+            opened.set_mode(mode)
+        return opened
+
+    def set_mode(self, mode: int) -> None:
+        """This directory's mode, exactly (mkdir's mode passes through the umask), if it is ours."""
+        _set_mode(self.fd, mode)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -124,8 +140,10 @@ class Dir:
         os.rename(old, new, src_dir_fd=self.fd, dst_dir_fd=self.fd)
 
     # --- files -------------------------------------------------------------
-    def open_file(self, name: str, flags: int, mode: int = FILE_MODE) -> int:
-        """An fd of a regular file; anything else (a link included) is UnsafeFile."""
+    def open_file(self, name: str, flags: int, mode: int | None = None) -> int:
+        """An fd of a regular file; anything else (a link included) is UnsafeFile. With
+        O_CREAT, a file of ours gets ``mode`` (default: this Dir's file mode) exactly."""
+        mode = self.file_mode if mode is None else mode
         try:
             fd = os.open(name, flags | _NOFOLLOW | os.O_NONBLOCK, mode, dir_fd=self.fd)
         except OSError as exc:
@@ -139,6 +157,8 @@ class Dir:
             os.close(fd)
             raise UnsafeFile(errno.EINVAL, f"{self.path / name} is {_describe(st.st_mode)}, not a regular file")
         os.set_blocking(fd, True)
+        if flags & os.O_CREAT:
+            _set_mode(fd, mode, st)
         return fd
 
     def read(self, name: str, limit: int, owner: int | None = None) -> bytes | None:
@@ -180,9 +200,10 @@ class Dir:
         """
         tmp = temp_name(name)
         self.unlink(tmp)  # a leftover of an earlier process with this pid, or a planted link
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, FILE_MODE, dir_fd=self.fd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, self.file_mode, dir_fd=self.fd)
         try:
             try:
+                _set_mode(fd, self.file_mode)
                 write_all(fd, data)
                 faults.hit(f"write:{name}")
                 if durable:
@@ -240,8 +261,58 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
+def _set_mode(fd: int, mode: int, st: os.stat_result | None = None) -> None:
+    st = st or os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        mode |= st.st_mode & stat.S_ISGID  # inherited from a shared parent: new entries keep its group
+    if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) == mode:
+        return
+    os.fchmod(fd, mode)  # a set-group-ID bit the kernel refuses (not the group's member) is just dropped
+
+
 def _lstat_kind(path: Path) -> str:
     try:
         return _describe(os.lstat(path).st_mode)
     except OSError:
         return "unreadable"
+
+
+# --- room kept in reserve past a file's end ------------------------------------------
+
+_KEEP_SIZE, _PUNCH_HOLE = 0x01, 0x02  # fallocate(2) flags (Linux)
+
+
+def _fallocate() -> Callable[..., int] | None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong)
+
+    def run(fd: int, flags: int, offset: int, length: int) -> int:
+        return 0 if call(fd, flags, offset, length) == 0 else ctypes.get_errno()
+
+    return run
+
+
+def reserve(fd: int, length: int) -> bool:
+    """Keep ``length`` bytes of disk past the end of the file ``fd`` (its size unchanged),
+    so that appends up to that much cannot meet a full disk. False where the file
+    system cannot (the appends then take their chances); OSError(ENOSPC) when there is no room."""
+    call = _fallocate()
+    if call is None:
+        return False
+    err = call(fd, _KEEP_SIZE, os.fstat(fd).st_size, length)
+    if err in (errno.ENOSPC, errno.EDQUOT):
+        raise OSError(err, os.strerror(err))
+    return err == 0
+
+
+def release(fd: int, length: int) -> None:
+    """Give back what `reserve` kept past the file's end (best effort)."""
+    call = _fallocate()
+    if call is not None:
+        call(fd, _KEEP_SIZE | _PUNCH_HOLE, os.fstat(fd).st_size, length)

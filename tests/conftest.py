@@ -3,7 +3,9 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from core.config import RunConfig
 from core.control import Control
 from core.events import Event
 from core.plan import PlanOptions, build_plan
-from core.rundir import StopReason
+from core.vocab import StopReason
 from tui.cli import main
 
 
@@ -32,7 +34,14 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 def pytest_configure(config: pytest.Config) -> None:
     """Workers share the cores instead of fighting over them: each worker, and every process
     a test starts, gets cores / workers threads (OpenMP threads that outnumber the cores
-    spin, and a 2-core machine then runs at a fraction of its speed)."""
+    spin, and a 2-core machine then runs at a fraction of its speed).
+
+    Temporary directories go to memory where there is room: every tiny run fsyncs a few
+    checkpoints of 50-140 MB (ResNet18's weights, and Adam's moments), which on this disk was
+    about a second of waiting per run; on tmpfs an fsync costs nothing, and what is checked
+    (the files, their contents) is the same.
+    ``tmp_path_retention_policy = "failed"`` keeps only failed tests' directories there."""
+    _temp_in_memory()
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         import torch
@@ -40,6 +49,22 @@ def pytest_configure(config: pytest.Config) -> None:
         threads = max(1, _cores() // workers)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
+
+
+MEMORY_TEMP = Path("/dev/shm")
+MEMORY_TEMP_ROOM = 8 << 30  # bytes free there before tests use it: a few runs at once, and room for the rest
+
+
+def _temp_in_memory() -> None:
+    """TMPDIR (for this process, its xdist workers and every process a test starts) on tmpfs,
+    unless one is chosen already."""
+    if "TMPDIR" in os.environ or not MEMORY_TEMP.is_dir() or not os.access(MEMORY_TEMP, os.W_OK | os.X_OK):
+        return
+    st = os.statvfs(MEMORY_TEMP)
+    if st.f_bavail * st.f_frsize < MEMORY_TEMP_ROOM:
+        return
+    os.environ["TMPDIR"] = str(MEMORY_TEMP)
+    tempfile.tempdir = None  # gettempdir() asks TMPDIR again
 
 
 def tiny_config(tmp_path: Path, **overrides: Any) -> RunConfig:
@@ -85,6 +110,25 @@ def train(config: RunConfig, react: Callable[[Event], None] | None = None,
     rec = Recorder(react)
     outcome = Trainer(config, rec, control or Control()).run()
     return outcome, rec
+
+
+@pytest.fixture(scope="session")
+def stopped_copy(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:
+    """A copy, in the test's own directory, of a real run stopped as its second stage starts
+    (`tests.helpers.stopped_run`): trained once per test process, copied for every test that
+    reads or changes one (a resume finds its run by where its checkpoint lies)."""
+    from tests.helpers import stopped_run
+
+    made: list[Path] = []
+
+    def copy(tmp_path: Path) -> Path:
+        if not made:
+            made.append(stopped_run(tmp_path_factory.mktemp("stopped")))
+        dest = tmp_path / "runs" / made[0].name
+        shutil.copytree(made[0], dest, symlinks=True)
+        return dest
+
+    return copy
 
 
 CIFAR_NAMES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")

@@ -25,7 +25,7 @@ from core.events import (
     SystemSample,
 )
 from core.layout import MODULES, NEW_MODULES
-from core.rundir import StopReason
+from core.vocab import StopReason
 
 STAGES = (("warm up new modules", 5), ("unfreeze layer3, layer4", 15), ("fine-tune everything", 30))
 TRAINABLE = (set(NEW_MODULES), {*NEW_MODULES, "layer3", "layer4"}, set(MODULES))

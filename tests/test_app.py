@@ -3,51 +3,34 @@ process, a scripted run, and a run followed through its directory."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from core.events import CheckpointSaved, EpochEnded, IterLosses, Loading, Paused, RunFinished, StageStarted
+from core.events import (
+    CheckpointSaved,
+    EpochEnded,
+    IterLosses,
+    Loading,
+    Paused,
+    Replayed,
+    RunFinished,
+    RunStopped,
+    StageStarted,
+)
 from core.plan import PlanOptions
-from core.rundir import RunDir, StopReason
-from core.state import EVALUATING, FINISHED, LOADING, PAUSED, RUNNING
+from core.vocab import Status, StopReason
 from tests.conftest import tiny_config
+from tests.helpers import Seen, fake_run, stopped_run, until
 from tests.scripted import ScriptedTrainer, events
 from tui.app import make_app
 from tui.links import DirectoryLink, InProcessLink
+from tui.widgets.curves import LossCurve
 from tui.widgets.dialogs import ConfirmScreen, ErrorScreen
 from tui.widgets.help_screen import HelpScreen
 from tui.widgets.loss_log import LossLog
 from tui.widgets.model_tree import LayerTree, ModelTree
-
-
-async def until(pilot, condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await pilot.pause(0.05)
-
-
-class Seen:
-    """A trainer factory for the in-process link that keeps every event it emits."""
-
-    def __init__(self) -> None:
-        self.events: list = []
-
-    def __call__(self, config, emit, control) -> StopReason:
-        from core.train import Trainer
-
-        def both(e) -> None:
-            self.events.append(e)
-            emit(e)
-
-        return Trainer(config, both, control).run()
-
-    def of(self, cls) -> list:
-        return [e for e in self.events if isinstance(e, cls)]
 
 
 def live_app(config):
@@ -62,7 +45,7 @@ def slow_config(tmp_path: Path, **kw):
 
 
 def log_text(app) -> str:
-    return "\n".join(line.text for line in app.query_one("#log", LossLog).lines)
+    return "\n".join(app.query_one("#log", LossLog).plain_lines)
 
 
 def footer_keys(app) -> set[str]:
@@ -72,10 +55,10 @@ def footer_keys(app) -> set[str]:
 async def test_pause_resume_and_save_with_a_real_trainer(tmp_path: Path) -> None:
     app, seen = live_app(slow_config(tmp_path, plan_opts=PlanOptions(stage_epochs="2,1,1")))
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: seen.of(IterLosses) and app.state.status == RUNNING)
+        await until(pilot, lambda: seen.of(IterLosses) and app.state.status == Status.RUNNING)
         assert {"pause", "next stage", "save"} <= footer_keys(app) and "resume" not in footer_keys(app)
         await pilot.press("p")  # pause
-        assert app.state.status == PAUSED
+        assert app.state.status == Status.PAUSED
         await until(pilot, lambda: seen.of(Paused))
         assert "resume" in footer_keys(app) and "pause" not in footer_keys(app)
         taken = len(seen.of(IterLosses))
@@ -83,7 +66,7 @@ async def test_pause_resume_and_save_with_a_real_trainer(tmp_path: Path) -> None
         await until(pilot, lambda: any(e.reason == "save" for e in seen.of(CheckpointSaved)))
         assert len(seen.of(IterLosses)) == taken, "training went on while paused"
         await pilot.press("space")  # resume (a pause at an epoch's last batch resumes into its test pass)
-        assert app.state.status in (RUNNING, EVALUATING)
+        assert app.state.status in (Status.RUNNING, Status.EVALUATING)
         await until(pilot, lambda: len(seen.of(IterLosses)) > taken)
         saved = next(e for e in seen.of(CheckpointSaved) if e.reason == "save")
         assert Path(saved.path).is_file()
@@ -97,23 +80,23 @@ async def test_pause_resume_and_save_with_a_real_trainer(tmp_path: Path) -> None
 async def test_next_stage_the_last_stage_asks_and_an_ended_run_has_no_steering_keys(tmp_path: Path) -> None:
     app, seen = live_app(slow_config(tmp_path, plan_opts=PlanOptions(stage_epochs="3,1,3")))
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: app.state.stage is not None and app.state.status == RUNNING)
+        await until(pilot, lambda: app.state.stage is not None and app.state.status == Status.RUNNING)
         await pilot.press("p")  # paused, the keys below act at once, whatever the speed of the machine
-        await until(pilot, lambda: seen.of(Paused) and app.state.status == PAUSED)
+        await until(pilot, lambda: seen.of(Paused) and app.state.status == Status.PAUSED)
         await pilot.press("n")  # next stage, while paused: no question before the last stage
-        await until(pilot, lambda: app.state.stage.stage == 2 and app.state.status == PAUSED)
+        await until(pilot, lambda: app.state.stage.stage == 2 and app.state.status == Status.PAUSED)
         assert "layer3" in app.state.changed and len(seen.of(StageStarted)) == 2
         await pilot.press("n")
-        await until(pilot, lambda: app.state.stage.stage == 3 and app.state.status == PAUSED)
+        await until(pilot, lambda: app.state.stage.stage == 3 and app.state.status == Status.PAUSED)
         await pilot.press("space")  # resume: the last stage trains a little
-        await until(pilot, lambda: app.state.status == RUNNING and app.state.batch > 0)
+        await until(pilot, lambda: app.state.status == Status.RUNNING and app.state.batch > 0)
         pauses = len(seen.of(Paused))
         await pilot.press("p")
-        await until(pilot, lambda: app.state.status == PAUSED and len(seen.of(Paused)) > pauses)
+        await until(pilot, lambda: app.state.status == Status.PAUSED and len(seen.of(Paused)) > pauses)
         await pilot.press("n")  # on the last stage it asks
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("y")
-        await until(pilot, lambda: app.state.status == FINISHED and not app.live)
+        await until(pilot, lambda: app.state.status == Status.FINISHED and not app.live)
         assert app.state.epochs[-1].stage == 3 and app.state.epochs[-1].batches_done < 20  # the run ended early
         assert not {"pause", "resume", "next stage", "save"} & footer_keys(app)
         await pilot.press("p")  # says why nothing happens
@@ -132,7 +115,7 @@ async def test_a_key_too_early_says_why_it_does_nothing(tmp_path: Path) -> None:
 
     app = make_app(InProcessLink(tiny_config(tmp_path), trainer=loading))
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: app.state.status == LOADING)
+        await until(pilot, lambda: app.state.status == Status.LOADING)
         assert not {"pause", "next stage", "save"} & footer_keys(app)
         await pilot.press("n")
         assert "cannot next: the run is loading; wait for its first stage" in log_text(app)
@@ -194,7 +177,7 @@ async def test_a_non_finite_loss_pauses_the_dashboard_and_resuming_is_refused(
     monkeypatch.setattr(train_mod.F, "cross_entropy", poisoned)
     app, _ = live_app(tiny_config(tmp_path))
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: app.state.status == PAUSED and app.state.message is not None)
+        await until(pilot, lambda: app.state.status == Status.PAUSED and app.state.message is not None)
         assert "non-finite loss at epoch 1" in app.state.message
         assert "resume" not in footer_keys(app)
         await pilot.press("p")  # resuming would train on NaN weights: refused, and said so
@@ -208,24 +191,13 @@ async def test_a_non_finite_loss_pauses_the_dashboard_and_resuming_is_refused(
 # --- the same app over a run directory --------------------------------------------
 
 
-def written_run(root: Path, script: list, hold: bool) -> tuple[Path, RunDir | None]:
-    run = RunDir.create_at(root / "run")
-    run.write_config({})
-    for e in script:
-        run.write(e)
-    if hold:
-        return run.path, run
-    run.close()
-    return run.path, None
-
-
 async def test_a_finished_run_is_a_post_mortem_that_cannot_be_steered(tmp_path: Path) -> None:
     script = [*events(epochs=3, batches=4, log_every=2)]
     script.append(RunFinished(script[-1].test_acc, script[-1].test_acc, 3, 12.5))
-    path, _ = written_run(tmp_path, script, hold=False)
+    path, _ = fake_run(tmp_path, "run", script)
     app = make_app(DirectoryLink(path))
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: app.state.status == FINISHED and app.state.watching is not None, timeout=10)
+        await until(pilot, lambda: app.state.status == Status.FINISHED and app.state.watching is not None, timeout=10)
         await until(pilot, lambda: "watching only" in str(app.query_one("#status").render()), timeout=5)
         acc = [e for e in script if isinstance(e, EpochEnded)][-1].test_acc
         assert f"test acc {acc:.2f}%" in log_text(app)
@@ -239,7 +211,7 @@ async def test_a_finished_run_is_a_post_mortem_that_cannot_be_steered(tmp_path: 
 
 async def test_keys_reach_a_live_run_and_leaving_does_not_stop_it(tmp_path: Path) -> None:
     script = list(events(epochs=1, batches=4, log_every=2))
-    path, holder = written_run(tmp_path, script, hold=True)
+    path, holder = fake_run(tmp_path, "run", script, hold=True)
     assert holder is not None
     control = path / "control"
 
@@ -249,7 +221,7 @@ async def test_keys_reach_a_live_run_and_leaving_does_not_stop_it(tmp_path: Path
     try:
         app = make_app(DirectoryLink(path))
         async with app.run_test(size=(100, 30)) as pilot:
-            await until(pilot, lambda: app.state.watching is not None and app.state.status == RUNNING, timeout=10)
+            await until(pilot, lambda: app.state.watching is not None and app.state.status == Status.RUNNING, timeout=10)
             await until(pilot, lambda: "◉ attached" in str(app.query_one("#status").render()), timeout=5)
             assert {"pause", "next stage", "save", "stop run"} <= footer_keys(app)
             await pilot.press("p", "s", "n")
@@ -272,30 +244,32 @@ async def test_keys_reach_a_live_run_and_leaving_does_not_stop_it(tmp_path: Path
 async def test_a_live_run_and_a_watched_run_of_the_same_events_draw_the_same_screen(tmp_path: Path) -> None:
     script = list(events(epochs=3, batches=40, log_every=10))
     live = make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(lambda: iter(script))))
-    path, _ = written_run(tmp_path, script, hold=False)
+    path, _ = fake_run(tmp_path, "run", script)
     watched = make_app(DirectoryLink(path))
     screens = []
     for app in (live, watched):
         async with app.run_test(size=(100, 30)) as pilot:
             await until(pilot, lambda app=app: len(app.state.epochs) == 3 and app.settled)
-            await pilot.pause(0.3)
-            await until(pilot, lambda app=app: app.settled)
             screens.append(
-                [str(app.query_one(sel).render()) for sel in ("#stage-title", "#stage-epoch", "#loss-curve")]
-                + [app.query_one("#modules").row_count]
+                [str(app.query_one(sel).render()) for sel in ("#stage-title", "#stage-epoch")]
+                + [app.query_one("#loss-curve", LossCurve).text, app.query_one("#modules").row_count]
             )
             await pilot.press("q", "y")
     assert screens[0] == screens[1]
 
 
-def test_a_resumed_run_in_process_starts_from_its_whole_story(tmp_path: Path) -> None:
-    from tests.conftest import train
-    from tests.test_rundir import stopped_run
+@pytest.mark.parametrize("given", ["run directory", "checkpoint"])
+def test_a_resumed_run_in_process_starts_from_its_whole_story(tmp_path: Path, given: str) -> None:
+    """`--resume` hands the link the checkpoint it found (test_cli), and a run directory works too."""
     from tui.links import replay_history
 
     home = stopped_run(tmp_path, "2,1,0")
     seen: list = []
-    replay_history(home, seen.append)
-    assert [e.epoch for e in seen if isinstance(e, EpochEnded)] == [1, 2]
+    replay_history(home if given == "run directory" else home / "checkpoints" / "last.pt", seen.append)
+    [history] = [e for e in seen if isinstance(e, Replayed)]  # folded first, then handed over in one piece
+    assert [e.epoch for e in history.state.epochs] == [1, 2] and history.state.status is Status.STOPPED
+    assert any(line.startswith("Epoch 2/") for line in history.lines)
     assert torch.load(home / "checkpoints" / "last.pt", weights_only=True)["position"]["stage"] == 1
-    assert train  # the resumed run itself is covered in test_trainer
+    # The stop, its reason and its checkpoint come over too: a resume starts from them (resuming: test_trainer).
+    assert isinstance(history.state.ended, RunStopped) and history.state.ended.reason == StopReason.COMMAND
+    assert history.state.last_checkpoint is not None and Path(history.state.last_checkpoint).name == "last.pt"

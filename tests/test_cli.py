@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import cli, tiny_config, train
+from tests.helpers import run_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,8 @@ TINY = ("--image-size", "8", "--limit-train", "16", "--limit-test", "8", "--batc
         (("--stage-epochs", "0,0,0"), "nothing to train"),
         (("--stage-epochs", "1,-1,1"), "-1 epochs"),
         (("--lrs", "a,b,c"), "--lrs takes numbers"),
-        (("--lrs", "1e-3,0,1e-5"), "positive"),
+        (("--lrs", "1e-3,0,1e-5"), "learning rate must be a number from 1e-12 to 10, not 0"),
+        (("--lrs", "1e-3,1e308,1e-5"), "learning rate must be a number from 1e-12 to 10, not 1e+308"),
         (("--new-lr-mult", "-1"), "positive"),
         (("--new-lr-mult", "x"), "Invalid value for '--new-lr-mult'"),
         (("--preset", "nope"), "unknown preset 'nope'"),
@@ -114,7 +116,7 @@ def test_cuda_on_a_machine_without_it(capsys: pytest.CaptureFixture[str], tmp_pa
 def stopped_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real tiny run, stopped in its first stage."""
     from core.control import Control
-    from core.rundir import StopReason
+    from core.vocab import StopReason
 
     tmp = tmp_path_factory.mktemp("resume")
     control = Control()
@@ -156,6 +158,21 @@ def test_resume_takes_what_may_change_and_the_same_value_of_what_may_not(
         8, 50, False, str(stopped_run / "checkpoints" / "last.pt"))
 
 
+def test_resume_keeps_what_was_not_typed(capsys, stopped_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run --resume` of a demo run keeps the demo's --log-every: only typed options change a run."""
+    import tui.launch
+    from core.checkpoint import read_config
+
+    saved = read_config(stopped_run / "checkpoints" / "last.pt")
+    assert saved.log_every != 100  # run's default: a resume that took it would show here
+    started: list = []
+    monkeypatch.setattr(tui.launch, "headless", lambda config: started.append(config) or 0)
+    code, _, err = cli(capsys, "run", "--headless", "--resume", str(stopped_run))
+    assert code == 0, err
+    (config,) = started
+    assert (config.log_every, config.threads, config.device) == (saved.log_every, saved.threads, saved.device)
+
+
 def test_resume_errors(capsys, tmp_path: Path) -> None:
     code, _, err = cli(capsys, "run", "--resume", "/no/run")
     assert code == 1 and err.strip() == "cbam-tui: error: nothing to resume at /no/run: no such run directory or checkpoint"
@@ -194,7 +211,33 @@ def test_summary_prints_the_tree_and_the_plan(capsys: pytest.CaptureFixture[str]
     code, out, _ = cli(capsys, "summary", "--preset", "seed")
     assert code == 0
     assert "◆ CBAM (cbam_layer1)" in out and "[1, 64, 32, 32]" in out
-    assert "11,217,874" in out and "frozen" in out and "lr 1e-03" in out
+    assert "11,217,874" in out and "Params size (MB): 44.87" in out and "frozen" in out and "lr 1e-03" in out
+
+
+def test_summary_run_and_demo_refuse_a_fifo_for_a_plan_at_once(capsys, tmp_path: Path) -> None:
+    import os
+    import threading
+
+    fifo = tmp_path / "plan.toml"
+    os.mkfifo(fifo)
+    for command in ("summary", "run", "demo"):
+        got: list[tuple[int, str, str]] = []
+        worker = threading.Thread(target=lambda c=command, got=got: got.append(cli(capsys, c, "--plan", str(fifo))), daemon=True)
+        worker.start()
+        worker.join(30)
+        if worker.is_alive():
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # let it go, then fail
+            pytest.fail(f"{command} --plan FIFO hangs")
+        ((code, _, err),) = got
+        assert code == 1 and err == f"cbam-tui: error: plan file {fifo} is a FIFO, not a regular file\n"
+
+
+def test_summary_shows_a_plans_names_as_they_are(capsys, tmp_path: Path) -> None:
+    path = tmp_path / "plan.toml"
+    path.write_text("[[stage]]\nname = '[bold]loud[/] [/nope]'\nepochs = 1\n[[stage.group]]\nmodules = ['fc']\nlr = 1e-3\n")
+    code, out, err = cli(capsys, "summary", "--plan", str(path))
+    assert code == 0, err
+    assert "[bold]loud[/]" in "".join(out.split())  # never taken for rich markup (which "[/nope]" would break)
 
 
 def _subprocess(code: str) -> str:
@@ -225,13 +268,3 @@ def test_the_readme_documents_every_option() -> None:
     assert len(flags) > 25
     for flag in flags:
         assert f"`{flag}" in readme, f"{flag} is missing from the README's option table"
-
-
-def run_flags() -> list[str]:
-    """Every flag of `run` (and `demo`), as click knows them."""
-    import typer.main
-
-    from tui.cli import app
-
-    command = typer.main.get_command(app).commands["run"]  # type: ignore[attr-defined]
-    return [flag for p in command.params for flag in (*p.opts, *p.secondary_opts) if flag.startswith("--")]

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from core.data import DataSpec, Split, batch_indices, count_batches, limit, load_data, synthetic
 from core.errors import DataError
-
-
-def write_folder(root: Path, classes: dict[str, int], test_dir: str = "test", size: int = 12) -> None:
-    rng = np.random.default_rng(0)
-    for split in ("train", test_dir):
-        for name, n in classes.items():
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-                Image.fromarray(arr).save(folder / f"{i}.png")
-
-
-def spec(root: Path, cache: Path, **kw) -> DataSpec:
-    return DataSpec(dataset="imagefolder", data_dir=str(root), image_size=8, cache_dir=str(cache), **kw)
+from tests.helpers import spec, write_folder
 
 
 def test_image_folder_labels_modes_sizes_and_bad_files(tmp_path: Path) -> None:
@@ -223,8 +209,10 @@ def test_a_damaged_cache_is_rebuilt_and_a_failing_cache_disk_only_slows_the_next
 
     monkeypatch.setattr(safefs.Dir, "write_atomic", full)
     fresh = tmp_path / "cache2"
-    loaded = load_data(spec(root, fresh))  # no cache written, nothing lost
+    said: list[str] = []
+    loaded = load_data(spec(root, fresh), lambda m, d, t: said.append(m))  # no cache written, nothing lost
     assert torch.equal(loaded.train.images, first.train.images) and not list(fresh.glob("*.pt"))
+    assert any("decode cache could not be written" in m and "No space left on device" in m for m in said), said
 
 
 def test_count_batches_agrees_with_the_batches_for_every_size() -> None:
@@ -243,3 +231,89 @@ def test_batches_cover_the_epoch_once_and_depend_on_seed_and_epoch() -> None:
     again = torch.cat(list(batch_indices(50, 16, seed=0, epoch=1, device=cpu)))
     assert torch.equal(again, torch.cat(batches))
     assert not torch.equal(torch.cat(list(batch_indices(50, 16, seed=0, epoch=2, device=cpu))), again)
+
+
+def test_classes_with_commas_spaces_and_any_script_can_be_named(tmp_path: Path) -> None:
+    from core.config import parse_classes
+
+    root = tmp_path / "imgs"
+    write_folder(root, {"a,b": 2, "pickup truck": 2, "狗": 2, "cat": 2})
+    wanted = parse_classes("a\\,b, pickup truck ,狗")  # a backslash keeps a comma in the name
+    assert wanted == ("a,b", "pickup truck", "狗")
+    data = load_data(spec(root, tmp_path / "cache", classes=wanted))
+    assert data.classes == wanted and len(data.train) == 6
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that says it is ``width`` x ``height`` (a decompression bomb's header), with a token body."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_hostile_image_folders_are_skipped_counted_quietly_and_never_decoded_huge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warnings
+
+    from PIL import ImageFile
+
+    root = tmp_path / "imgs"
+    names = ["猫", "café", "🐱 cat", "\x1b[2Jred"]
+    write_folder(root, dict.fromkeys(names, 2))
+    for split in ("train", "test"):  # a folder whose name is no UTF-8
+        os.mkdir(os.fsencode(root / split) + b"/bytes\xff")
+        Image.new("RGB", (6, 6)).save(os.fsdecode(os.fsencode(root / split) + b"/bytes\xff/x.png"))
+    junk = root / "train" / "café"
+    (junk / "bomb-12k.png").write_bytes(png_header(12_000, 12_000))  # PIL would warn, then decode 432 MB
+    (junk / "bomb-20k.png").write_bytes(png_header(20_000, 20_000))  # PIL refuses it
+    (junk / "big-9k.png").write_bytes(png_header(9_000, 9_000))  # under PIL's limit, over ours
+    (junk / "empty.png").write_bytes(b"")
+    (junk / "text.jpg").write_text("not an image")
+    os.symlink("loop.png", junk / "loop.png")  # a link to itself
+    os.mkfifo(junk / "fifo.png")
+    decoded: list[tuple[int, int]] = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: decoded.append(im.size) or real_load(im))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_data(spec(root, tmp_path / "cache"))
+    assert data.skipped == 7
+    assert decoded and max(w * h for w, h in decoded) <= 12 * 12  # nothing large was ever decoded
+    assert not [w for w in caught if "DecompressionBomb" in type(w.message).__name__]
+    assert len(data.classes) == 5 and all(name.isprintable() for name in data.classes)
+    assert "bytes\\xff" in data.classes and "\\x1b[2Jred" in data.classes and "猫" in data.classes
+    assert len(data.train) == 2 * 4 + 1
+    json.dumps(data.classes)  # kept in events and config.json as is
+
+
+def test_a_limited_image_folder_run_decodes_only_the_images_it_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--limit-train and --classes pick the files before decoding: a first run on 60,000 images
+    with --limit-train 2000 decodes 2000 (and the test limit), the same subset as before."""
+    import core.data
+
+    root = tmp_path / "imgs"
+    write_folder(root, {"a": 12, "b": 9, "c": 7})
+    whole = load_data(spec(root, tmp_path / "whole"))
+    decoded: list[str] = []
+    real = core.data._decode_one
+    monkeypatch.setattr(core.data, "_decode_one", lambda path, size: decoded.append(path.name) or real(path, size))
+    cut = load_data(spec(root, tmp_path / "cut", limit_train=10, limit_test=5, seed=3))
+    assert len(decoded) == 15
+    assert torch.equal(cut.train.images, limit(whole.train, 10, 3, seed=3).images)
+    assert torch.equal(cut.test.labels, limit(whole.test, 5, 3, seed=3).labels)
+    decoded.clear()
+    again = load_data(spec(root, tmp_path / "cut", limit_train=10, limit_test=5, seed=3))
+    assert decoded == [] and torch.equal(again.train.images, cut.train.images)  # its own cache entry
+    two = load_data(spec(root, tmp_path / "cut", classes=("c", "a"), limit_train=6, seed=3))
+    assert two.classes == ("a", "c") and len(two.train) == 6 and len(decoded) == 6 + 19
+    assert sorted(set(two.train.labels.tolist())) == [0, 1]
+    with pytest.raises(DataError, match="--classes names 'z', which the imagefolder data set lacks"):
+        load_data(spec(root, tmp_path / "cut", classes=("z",)))

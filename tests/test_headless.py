@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import wait_for
+
 CBAM_TUI = str(Path(sys.executable).with_name("cbam-tui"))
 TINY = ["--image-size", "8", "--limit-test", "24", "--batch-size", "8", "--log-every", "2"]
 
@@ -58,7 +60,7 @@ def test_ctrl_c_saves_and_resume_continues_where_it_stopped(tmp_path: Path) -> N
     proc.send_signal(signal.SIGINT)  # Ctrl-C once: finish the batch, save, exit 130
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "stopped (SIGINT) at epoch 1, batch" in out and "--resume" in out
+    assert "stopped (SIGINT) at epoch 1, batch" in out and f"continue with: cbam-tui run --resume {run_dir}\n" in out
     stopped = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["position"]
     assert stopped["stage"] == 0 and stopped["epoch"] == 1 and stopped["batch"] >= 10
 
@@ -75,12 +77,14 @@ def test_ctrl_c_saves_and_resume_continues_where_it_stopped(tmp_path: Path) -> N
 
 
 def test_a_second_ctrl_c_exits_at_once_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
-    """The stop checkpoint is made to take 60 s: only the second Ctrl-C's immediate exit ends it soon."""
+    """The stop checkpoint's write is made to take 60 s (the second write of last.pt; the first
+    was epoch 1's): only the second Ctrl-C's immediate exit ends it soon."""
     run_dir = tmp_path / "run"
-    proc = start_until(run_dir, "480", "Epoch 1/3 done", env={"CBAM_TUI_FAULTS": "save:stop=sleep:60"})
+    proc = start_until(run_dir, "160", "Epoch 1/3 done", env={"CBAM_TUI_FAULTS": "write:last.pt=sleep:60@2"})
     before = (run_dir / "checkpoints" / "last.pt").read_bytes()
     proc.send_signal(signal.SIGINT)
-    time.sleep(1.0)  # it reaches the (slow) stop checkpoint; a second signal ends it either way
+    # The second Ctrl-C lands while the stop checkpoint is half written: its temp file is there.
+    wait_for("the stop checkpoint's temp file", lambda: list((run_dir / "checkpoints").glob(".last.pt.tmp-*")), 120)
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)

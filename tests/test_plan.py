@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from core.errors import PlanError
@@ -111,8 +116,8 @@ def test_zero_epochs_skips_a_stage_and_overrides_apply() -> None:
         (PlanOptions(stage_epochs=""), "one value per stage"),
         (PlanOptions(stage_epochs="1,,2"), "one value per stage"),
         (PlanOptions(lrs="1e-3,x,1e-5"), "numbers"),
-        (PlanOptions(lrs="1e-3,-1e-4,1e-5"), "positive"),
-        (PlanOptions(lrs="1e-3,nan,1e-5"), "positive"),
+        (PlanOptions(lrs="1e-3,-1e-4,1e-5"), "from 1e-12 to 10, not -0.0001"),
+        (PlanOptions(lrs="1e-3,nan,1e-5"), "from 1e-12 to 10, not nan"),
         (PlanOptions(lrs="1e-3"), "1 values"),
         (PlanOptions(new_lr_mult=0), "positive"),
         (PlanOptions(new_lr_mult=-2), "positive"),
@@ -175,7 +180,7 @@ def test_plan_file(tmp_path: Path) -> None:
         ("[[stage]]\nname='a'\nepochs = 1", "no \\[\\[stage.group\\]\\]"),
         ("[[stage]]\nname='a'\nepochs = 1\n[[stage.group]]\nmodules=['fc']", "lr = a number"),
         ("[[stage]]\nname='a'\nepochs = 1\n[[stage.group]]\nmodules=['layer9']\nlr=1e-3", "unknown module 'layer9'"),
-        ("[[stage]]\nname='a'\nepochs = 1\n[[stage.group]]\nmodules=['fc']\nlr=-1e-3", "positive"),
+        ("[[stage]]\nname='a'\nepochs = 1\n[[stage.group]]\nmodules=['fc']\nlr=-1e-3", "from 1e-12 to 10"),
         ("[[stage]]\nname='a'\nepochs = 'x'\n[[stage.group]]\nmodules=['fc']\nlr=1e-3", "whole number"),
         ("[[stage]]\nname='a'\nepochs = 1\nepoch = 2\n[[stage.group]]\nmodules=['fc']\nlr=1e-3", "unknown key 'epoch'"),
         ("[[stage]]\nname='a'\nepochs = 1\n[[stage.group]]\nmodules=[]\nlr=1e-3", "non-empty list"),
@@ -203,3 +208,268 @@ def test_a_module_path_that_matches_nothing(tmp_path: Path) -> None:
     plan = build_plan(PlanOptions(plan_file=path))
     with pytest.raises(PlanError, match="matches no parameter"):
         assign_groups(ResNet18CBAM(), plan.stages[0])
+
+
+# --- a plan file keeps its shape whatever else is given ---------------------------------
+
+SHAPED_TOML = """
+frozen_bn = "eval"
+moments = "fresh"
+
+[[stage]]
+name = "heads"
+epochs = 2
+schedule = "warmup-cosine:10"
+[[stage.group]]
+name = "new"
+modules = ["new"]
+lr = 2e-3
+
+[[stage]]
+name = "all"
+epochs = 3
+schedule = "onecycle"
+[[stage.group]]
+name = "new"
+modules = ["new"]
+lr = 1e-3
+[[stage.group]]
+name = "rest"
+modules = ["all"]
+lr = 1e-4
+"""
+
+
+def shape(plan) -> list[tuple]:
+    return [(s.name, s.schedule, s.groups) for s in plan.stages]
+
+
+def test_stage_epochs_frozen_bn_and_moments_keep_a_plan_files_schedules_groups_and_rates(tmp_path: Path) -> None:
+    path = tmp_path / "plan.toml"
+    path.write_text(SHAPED_TOML)
+    base = build_plan(PlanOptions(plan_file=path))
+    assert [s.schedule for s in base.stages] == ["warmup-cosine:10", "onecycle"]
+    longer = build_plan(PlanOptions(plan_file=path, stage_epochs="4,0"))  # dropped every schedule before
+    assert [s.epochs for s in longer.stages] == [4, 0] and shape(longer) == shape(base)
+    other = build_plan(PlanOptions(plan_file=path, frozen_bn="train", moments="keep"))
+    assert (other.frozen_bn, other.moments) == ("train", "keep") and other.stages == base.stages
+
+
+@pytest.mark.parametrize(
+    ("opts", "flag"),
+    [
+        (PlanOptions(preset="seed"), "--preset"),
+        (PlanOptions(preset="default"), "--preset"),
+        (PlanOptions(lrs="1e-3,1e-4"), "--lrs"),
+        (PlanOptions(new_lr_mult=10.0), "--new-lr-mult"),
+        (PlanOptions(schedule="cosine"), "--schedule"),
+    ],
+)
+def test_options_that_would_replace_a_plan_files_rates_or_shapes_are_refused(
+    tmp_path: Path, opts: PlanOptions, flag: str
+) -> None:
+    path = tmp_path / "plan.toml"
+    path.write_text(SHAPED_TOML)
+    with pytest.raises(PlanError, match=f"^{flag} cannot be combined with --plan: ") as info:
+        build_plan(dataclasses.replace(opts, plan_file=path))
+    assert "\n" not in str(info.value)
+
+
+def test_the_cli_hands_a_plan_file_on_with_its_schedules(tmp_path: Path, capsys, monkeypatch) -> None:
+    import tui.launch
+    from tests.conftest import cli
+
+    path = tmp_path / "plan.toml"
+    path.write_text(SHAPED_TOML)
+    started: list = []
+    monkeypatch.setattr(tui.launch, "headless", lambda config: started.append(config) or 0)
+    base = ("demo", "--headless", "--runs-root", str(tmp_path / "runs"), "--plan", str(path))
+    code, _, err = cli(capsys, *base, "--stage-epochs", "1,2")
+    assert code == 0, err
+    assert shape(started[-1].plan) == shape(build_plan(PlanOptions(plan_file=path)))
+    code, _, err = cli(capsys, *base, "--preset", "seed")
+    assert code == 1 and "--preset cannot be combined with --plan" in err and err.count("\n") == 1
+
+
+# --- plan files are untrusted input ---------------------------------------------------
+
+
+def one_stage(name: str = "'a'", group: str = "'g'", lr: str = "1e-3") -> str:
+    """A one-stage plan; name and group are TOML values (quoted)."""
+    return f"[[stage]]\nname = {name}\nepochs = 1\n[[stage.group]]\nname = {group}\nmodules = ['fc']\nlr = {lr}\n"
+
+
+def refused(path: Path) -> str:
+    with pytest.raises(PlanError) as info:
+        build_plan(PlanOptions(plan_file=path))
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400, message
+    return message
+
+
+def test_a_fifo_a_device_and_a_huge_file_are_refused_at_once(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    fifo = tmp_path / "plan.fifo"
+    os.mkfifo(fifo)
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.append(refused(fifo)), daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # it hangs in open() or read(): let it go, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("reading a plan from a FIFO hangs")
+    assert said == [f"plan file {fifo} is a FIFO, not a regular file"]
+    assert refused(Path("/dev/zero")) == "plan file /dev/zero is a device, not a regular file"
+    huge = tmp_path / "huge.toml"
+    huge.write_text(one_stage() + "# padding\n" * 200_000)
+    assert refused(huge) == f"plan file {huge} is larger than 1 MiB, which no plan needs"
+
+
+def test_deep_nesting_thousands_of_stages_and_a_bom(tmp_path: Path) -> None:
+    path = tmp_path / "plan.toml"
+    path.write_text("x = " + "[" * 100_000 + "]" * 100_000)
+    assert refused(path) == f"plan file {path} is nested too deeply to be a plan"
+    path.write_text(one_stage() * 5000)
+    assert refused(path) == f"plan file {path} has 5000 stages; at most 64 are allowed"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD_TOML.encode())  # saved by an editor that marks UTF-8
+    assert [s.name for s in build_plan(PlanOptions(plan_file=path)).stages] == ["heads", "all"]
+    path.write_bytes(b"\xff\xfe" + GOOD_TOML.encode("utf-16-le"))
+    assert refused(path) == f"plan file {path} is not UTF-8 text (byte 0)"
+
+
+def test_one_range_of_rates_for_plan_files_options_and_ctl(tmp_path: Path) -> None:
+    from core.errors import ConfigError
+    from core.plan import MAX_LR, MIN_LR
+    from core.vocab import Command
+
+    path = tmp_path / "plan.toml"
+    for bad in ("1e308", "inf", "nan", "0", "-1e-3", "1e-13", "10.5"):
+        path.write_text(one_stage(lr=bad))
+        assert "learning rate must be a number from 1e-12 to 10" in refused(path)
+        with pytest.raises(ConfigError, match="lr takes a rate from 1e-12 to 10"):
+            Command("lr", bad)
+    for good in (MIN_LR, MAX_LR):
+        path.write_text(one_stage(lr=repr(good)))
+        assert build_plan(PlanOptions(plan_file=path)).stages[0].groups[0].lr == good
+        assert Command("lr", repr(good)).lr_change() == (False, good)
+
+
+@pytest.mark.parametrize(
+    ("stage", "group", "match"),
+    [
+        ('"\\u001b[2J\\u001b]0;pwned\\u0007"', "'g'", "its name '\\\\x1b\\[2J"),  # clear screen, set title
+        ('"a\\tb"', "'g'", "must be 1 to 100 printable characters"),
+        ("'x'", '"a b"', "group name 'a b' must be 1 to 100 letters"),
+        ("'x'", '"a,b"', "so that ctl --group and the l key can name it"),
+        ("'x'", '"größe"', "group name 'größe' must be"),
+        ("'x'", '"\\u001b[31m"', "group name '\\\\x1b\\[31m' must be"),
+        ("'" + "s" * 101 + "'", "'g'", "must be 1 to 100 printable"),
+    ],
+)
+def test_names_a_terminal_or_ctl_could_not_take_are_refused_at_load(
+    tmp_path: Path, stage: str, group: str, match: str
+) -> None:
+    path = tmp_path / "plan.toml"
+    path.write_text(one_stage(stage, group))
+    assert re.search(match, refused(path))
+
+
+def test_two_groups_of_one_name_and_a_module_name_with_control_characters(tmp_path: Path) -> None:
+    path = tmp_path / "plan.toml"
+    path.write_text(one_stage() + "[[stage.group]]\nname = 'g'\nmodules = ['fc']\nlr = 1e-3\n")
+    assert "has two groups named 'g'" in refused(path)
+    path.write_text(one_stage().replace("['fc']", '["backbone.layer4.\\u001b[2J"]'))
+    assert "unknown module 'backbone.layer4.\\x1b[2J'" in refused(path)
+
+
+TOML_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def toml_value(value: object) -> str:
+    """``value`` as an inline TOML value (None stands for a value TOML cannot hold: an empty array)."""
+    if value is None:
+        return "[]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return {"inf": "inf", "-inf": "-inf", "nan": "nan"}.get(repr(value), repr(value))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    assert isinstance(value, dict)
+    return "{" + ", ".join(f"{json.dumps(k, ensure_ascii=False)} = {toml_value(v)}" for k, v in value.items()) + "}"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=TOML_VALUES, epochs=TOML_VALUES, schedule=TOML_VALUES, group=TOML_VALUES, modules=TOML_VALUES,
+    lr=TOML_VALUES, extra=st.dictionaries(st.sampled_from(["frozen_bn", "moments", "stage", "x"]), TOML_VALUES),
+)
+def test_any_typed_value_anywhere_is_a_plan_or_one_sentence(
+    tmp_path: Path, name, epochs, schedule, group, modules, lr, extra
+) -> None:
+    fields = {"name": name, "epochs": epochs, "schedule": schedule}
+    stage = {k: v for k, v in fields.items() if v is not None}
+    stage["group"] = [{"name": group, "modules": modules, "lr": lr}]
+    top = "\n".join(f"{k} = {toml_value(v)}" for k, v in extra.items() if k != "stage")
+    path = tmp_path / "fuzz.toml"
+    path.write_text(f"{top}\nstage = [{toml_value(stage)}]\n" if "stage" not in extra else
+                    f"{top}\nstage = {toml_value(extra['stage'])}\n")
+    try:
+        build_plan(PlanOptions(plan_file=path))
+    except PlanError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 1000
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (("epochs = 1", "epochs = 1.0"), "stage 1 (a): epochs must be a whole number"),
+        (("epochs = 1", "epochs = true"), "stage 1 (a): epochs must be a whole number"),
+        (("epochs = 1", "epochs = 100001"), "stage 1 (a) has 100001 epochs; epochs must be from 0 (skip) to 100000"),
+        (("lr = 1e-3", "lr = " + "9" * 400), "stage 1 (a), group 'g': learning rate must be a number from 1e-12 to 10, "
+                                             "not inf"),  # an integer beyond any float
+        (("lr = 1e-3", "lr = '1e-3'"), "stage 1 (a), group 'g' needs lr = a number"),
+        (("modules = ['fc']", "modules = ['fc', 3]"), "stage 1 (a), group 'g' needs modules = a non-empty list of module names"),
+        (("modules = ['fc']", "modules = ['fc', {x = 1}]"), "stage 1 (a), group 'g' needs modules = a non-empty list of "
+                                                           "module names"),
+        (("[[stage.group]]\nname = 'g'", "group = [5]\n[[stage.x]]\nname = 'g'"), "stage 1 (a), group 1 is not a table"),
+        (("[[stage]]", "label = 'x'\n[[stage]]"), "has unknown key 'label'; allowed: frozen_bn, moments, stage"),
+        (("[[stage]]", "moments = 3\n[[stage]]"), ": moments must be one of keep, fresh, not 3"),
+        (("[[stage]]\nname = 'a'\nepochs = 1\n[[stage.group]]", "stage = 3\n[[x.group]]"), "has no [[stage]] tables"),
+    ],
+)
+def test_what_the_plan_schema_refuses_is_said_naming_the_file_the_stage_and_the_group(
+    tmp_path: Path, change: tuple[str, str], said: str
+) -> None:
+    path = tmp_path / "plan.toml"
+    path.write_text(one_stage().replace(*change))
+    message = refused(path)
+    assert message.startswith(f"plan file {path}") and message.endswith(said), message
+
+
+def test_a_whole_number_is_a_rate_and_a_saved_plan_reads_back_as_it_was(tmp_path: Path) -> None:
+    from core.plan import Plan
+
+    path = tmp_path / "plan.toml"
+    path.write_text(one_stage(lr="1"))
+    plan = build_plan(PlanOptions(plan_file=path))
+    assert type(plan.stages[0].groups[0].lr) is float and plan.stages[0].groups[0].lr == 1.0
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    with pytest.raises(PlanError, match=r"^the saved plan has unknown key 'x'; allowed: frozen_bn, label, moments, "
+                                        r"stages$"):
+        Plan.from_dict({**plan.to_dict(), "x": 1})
+    deep: object = 1
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(PlanError, match="^the saved plan, stage 1 is not a table$"):  # refused at its first level
+        Plan.from_dict({**plan.to_dict(), "stages": deep})

@@ -11,30 +11,21 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from core.control import Control
 from core.errors import RunDirError
-from core.events import BatchLogged, CommandTaken, EpochEnded, RunFailed, RunFinished, RunStopped, Watching
+from core.events import BatchLogged, CommandTaken, EpochEnded, Replayed, RunFailed, RunFinished, RunStopped, Watching
 from core.follow import Follower
-from core.rundir import (
-    Command,
-    EventReader,
-    Inbox,
-    RunDir,
-    StopReason,
-    can_control,
-    inspect_run,
-    list_runs,
-    open_run,
-    probe_owner,
-    resolve_run,
-    send,
-    wait_taken,
-)
+from core.inbox import Inbox, can_control, send, wait_taken
+from core.rundir import EventReader, RunDir, open_run, probe_owner
+from core.runs import inspect_run, list_runs, resolve_run
+from core.state import describe
+from core.vocab import Command, Status, StopReason
 from tests.conftest import Recorder, cli, tiny_config, train
+from tests.helpers import fake_run, stopped_run, wait_until
 from tests.scripted import events as scripted_events
 
 
@@ -43,18 +34,6 @@ def script() -> list:
     """A short run as its events.jsonl holds it: start, stage 1, three epochs of two log points, finished."""
     body = [e for e in scripted_events(epochs=3, batches=4, log_every=2) if not e.transient]  # as events.jsonl keeps them
     return [*body, RunFinished(body[-1].test_acc, body[-1].test_acc, 3, 12.5)]
-
-
-def fake_run(root: Path, name: str, events: list, hold: bool = False) -> tuple[Path, RunDir | None]:
-    """A run directory holding ``events``; ``hold``: this process keeps it locked (a live owner)."""
-    run = RunDir.create_at(root / name)
-    run.write_config({})
-    for e in events:
-        run.write(e)
-    if hold:
-        return run.path, run
-    run.close()
-    return run.path, None
 
 
 def command_name(verb: str) -> str:
@@ -74,7 +53,7 @@ def test_a_live_owner_is_its_lock_and_a_planted_pid_proves_nothing(tmp_path: Pat
         with open_run(gone) as run:
             assert not probe_owner(run).alive
         states = {r.path.name: r.state for r in list_runs(tmp_path)}
-        assert states == {"live": "running", "gone": "dead"}
+        assert states == {"live": Status.RUNNING, "gone": Status.DEAD}
     finally:
         assert holder is not None
         holder.close()
@@ -117,9 +96,9 @@ def test_run_dir_refuses_a_directory_that_is_not_a_run_and_changes_nothing(tmp_p
                                                                                           "checkpoints"))],
 )
 def test_a_planted_link_in_a_run_stops_a_resume_and_its_target_is_untouched(
-    tmp_path: Path, entry: str
+    tmp_path: Path, stopped_copy: Callable[[Path], Path], entry: str
 ) -> None:
-    home = stopped_run(tmp_path)
+    home = stopped_copy(tmp_path)
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "precious").write_text("do not touch")
@@ -201,14 +180,16 @@ def test_stale_commands_of_a_gone_owner_are_dropped_and_late_ones_taken_back(tmp
 # --- a crafted checkpoint is input, not trust ----------------------------------------
 
 
-def test_a_crafted_checkpoint_runs_no_code_and_writes_nowhere_else(tmp_path: Path) -> None:
+def test_a_crafted_checkpoint_runs_no_code_and_writes_nowhere_else(
+    tmp_path: Path, stopped_copy: Callable[[Path], Path]
+) -> None:
     import pickle
 
     import torch
 
     from core import checkpoint
 
-    good = torch.load(stopped_run(tmp_path) / "checkpoints" / "last.pt", weights_only=True)
+    good = torch.load(stopped_copy(tmp_path) / "checkpoints" / "last.pt", weights_only=True)
     good.pop("digest")
     marker = tmp_path / "pwned"
     planted = tmp_path / "planted" / "cifar-10-batches-py"
@@ -281,7 +262,10 @@ def test_bad_lines_are_counted_and_skipped_everywhere(tmp_path: Path, script: li
     seen = Recorder(lambda e: follower.stop() if isinstance(e, Watching) else None)
     follower = Follower(bad, seen)
     follower.run()
-    assert [e for e in seen.events if not isinstance(e, Watching)] == script
+    [replayed] = [e for e in seen.events if not isinstance(e, Watching)]  # the history, in one piece
+    assert isinstance(replayed, Replayed) and replayed.lines == tuple(x for e in script for x in describe(e))
+    assert replayed.state.epochs == [e for e in script if isinstance(e, EpochEnded)]
+    assert replayed.state.status == "FINISHED"
     assert resolve_run(None, tmp_path / "runs").name in ("a-good", "b-garbled", "c-linked")
 
 
@@ -341,19 +325,19 @@ def test_the_follower_replays_then_follows_and_reports_a_dead_owner(tmp_path: Pa
     thread = threading.Thread(target=follower.run)
     thread.start()
     try:
-        _wait(lambda: len([e for e in seen.events if not isinstance(e, Watching)]) == 8)
-        assert seen.of(Watching)[0].can_control
+        wait_until(lambda: seen.of(Replayed) and seen.of(Watching))
+        assert seen.of(Replayed)[0].state.started == script[0] and seen.of(Watching)[0].can_control
         holder.write(script[8])
         line = (script[9].to_json() + "\n").encode()
         with (path / "events.jsonl").open("ab") as f:  # a line written in two halves
             f.write(line[:10])
             f.flush()
-            time.sleep(0.1)
+            time.sleep(0.1)  # time itself is tested: the follower looks while only half the line is there
             f.write(line[10:])
-        _wait(lambda: script[9] in seen.events)
+        wait_until(lambda: script[9] in seen.events)
         assert seen.events.count(script[8]) == 1 and seen.events.count(script[9]) == 1
         holder.close()  # the owner is gone without a final event
-        _wait(lambda: seen.of(RunFailed))
+        wait_until(lambda: seen.of(RunFailed))
         assert "gone without a final event" in seen.of(RunFailed)[0].message
     finally:
         follower.stop()
@@ -387,32 +371,6 @@ def test_a_trainer_obeys_commands_from_other_processes(tmp_path: Path) -> None:
     assert can_control(open_run(run)) == (False, "no live process owns the run: watching only")
 
 
-def _plan(epochs: str):
-    from core.plan import PlanOptions
-
-    return PlanOptions(stage_epochs=epochs, lrs="1e-2,1e-3,1e-3")
-
-
-def stopped_run(tmp_path: Path, epochs: str = "1,1,0") -> Path:
-    """A real run stopped (by command) as its second stage starts; its directory."""
-    control = Control()
-
-    def react(e) -> None:
-        if e.kind == "stage_started" and e.stage == 2:
-            control.stop(StopReason.COMMAND)
-
-    outcome, rec = train(tiny_config(tmp_path, plan_opts=_plan(epochs)), react, control)
-    assert outcome == StopReason.COMMAND
-    return rec.run_dir
-
-
-def _wait(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
-
-
 def test_runs_lists_a_detached_child_as_starting_while_its_parent_holds_the_lock(tmp_path: Path) -> None:
     run = RunDir.create(tmp_path, "x")
     run.write_config({})
@@ -422,10 +380,10 @@ def test_runs_lists_a_detached_child_as_starting_while_its_parent_holds_the_lock
         )
         run.hand_over(child.pid)
         info = inspect_run(run.path)
-        assert info.state == "starting" and info.pid == child.pid
+        assert info.state is Status.STARTING and info.pid == child.pid
         child.kill()
         child.wait()
-        assert inspect_run(run.path).state == "dead"
+        assert inspect_run(run.path).state is Status.DEAD
     finally:
         run.close()
 

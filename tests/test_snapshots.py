@@ -22,9 +22,10 @@ def scripted_app(tmp_path: Path):
 
 
 async def settled(pilot) -> None:
-    """Every event drawn: the app's own public signal, never a sleep."""
+    """Every event drawn, and the run quiet (the render budget at rest, so view 3 shows no
+    figure of the dashboard's own cost): the app's own public signals, never a sleep."""
     app = pilot.app
-    while not (len(app.state.epochs) == 3 and app.settled):
+    while not (len(app.state.epochs) == 3 and app.settled and not app.budget.active):
         await pilot.pause(0.05)
 
 

@@ -4,21 +4,33 @@ stages, schedules, --resume auto, pruning, compare and export."""
 from __future__ import annotations
 
 import csv
-import math
+import json
+import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from core.control import Control
 from core.errors import ConfigError
-from core.events import BatchLogged, CommandTaken, EpochEnded, PlanChanged, RatesChanged, StageStarted
+from core.events import (
+    BatchLogged,
+    CommandRefused,
+    CommandTaken,
+    EpochEnded,
+    Paused,
+    PlanChanged,
+    RatesChanged,
+    Resumed,
+    StageStarted,
+)
+from core.inbox import Inbox, send, wait_taken
 from core.plan import PlanOptions
-from core.rundir import Command, StopReason, send, wait_taken
 from core.schedule import factor
+from core.vocab import Command, Status, StopReason
 from tests.conftest import cli, tiny_config, train
-from tests.test_app import until
+from tests.helpers import Seen, fake_run, stopped_run, until
 
 SLOW = pytest.mark.slow
 
@@ -26,45 +38,36 @@ SLOW = pytest.mark.slow
 # --- schedules ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("total", [7, 100, 1000])
-def test_schedules_match_their_reference_formulas(total: int) -> None:
-    param = torch.nn.Parameter(torch.zeros(1))
-    reference = {
-        "cosine": torch.optim.lr_scheduler.CosineAnnealingLR(torch.optim.SGD([param], lr=1.0), T_max=total),
-        "onecycle": torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD([param], lr=1.0), max_lr=1.0,
-                                                        total_steps=total),
-    }
-    for name, scheduler in reference.items():
-        for step in range(total):
-            assert factor(name, step, total) == pytest.approx(scheduler.get_last_lr()[0], rel=1e-9, abs=1e-12), (name, step)
-            scheduler.optimizer.step()
-            scheduler.step()
-    warm = max(0.1 * total, 1.0)
-    for step in range(total):
-        t = step / total
-        want = (step + 1) / warm if t < 0.1 else 0.5 * (1 + math.cos(math.pi * (t - 0.1) / 0.9))
-        assert factor("warmup-cosine:10", step, total) == pytest.approx(want)
-        assert factor("constant", step, total) == 1.0
-
-
 def lr_by_step(rec) -> dict[int, tuple[float, ...]]:
     return {e.global_step: e.lrs for e in rec.of(BatchLogged)}
 
 
-def test_a_schedule_steps_every_batch_and_a_resume_gets_the_same_rates(tmp_path: Path) -> None:
-    plan = PlanOptions(stage_epochs="2,1,0", lrs="1e-2,1e-3,1e-3", schedule="warmup-cosine:20")
+@pytest.mark.parametrize(
+    ("schedule", "stop_at"),
+    [
+        ("warmup-cosine:20", 7),  # mid-epoch: the resume cuts the epoch where it stopped
+        pytest.param("onecycle", 2, marks=SLOW),  # in the warm-up
+        pytest.param("cosine", 13, marks=SLOW),  # after stage 2's first batch
+    ],
+)
+def test_a_schedule_steps_every_batch_and_a_resume_gets_the_same_rates(tmp_path: Path, schedule: str, stop_at: int) -> None:
+    plan = PlanOptions(stage_epochs="2,1,0", lrs="1e-2,1e-3,1e-3", schedule=schedule)
     _, whole = train(tiny_config(tmp_path / "a", log_every=1, plan_opts=plan))
     rates = lr_by_step(whole)
-    assert len(rates) == 18 and rates[1] == pytest.approx((1e-2 * factor("warmup-cosine:20", 0, 12),))
-    assert rates[12] == pytest.approx((1e-2 * factor("warmup-cosine:20", 11, 12),))  # the stage's last batch
-    assert rates[13] == pytest.approx((1e-3 * factor("warmup-cosine:20", 0, 6),) * 2)  # stage 2 starts over
+    assert len(rates) == 18
+    for step, lrs in rates.items():  # 12 batches in stage 1, 6 in stage 2: each at its rate times the shape
+        peak, at, total = (1e-2, step - 1, 12) if step <= 12 else (1e-3, step - 13, 6)
+        assert lrs == pytest.approx((peak * factor(schedule, at, total),) * len(lrs), rel=1e-12)
+        assert all(0 <= lr <= peak for lr in lrs)
     control = Control()
+
     def react(e):
-        return (control.stop(StopReason.QUIT) if isinstance(e, BatchLogged) and e.global_step == 7 else None)
+        return control.stop(StopReason.QUIT) if isinstance(e, BatchLogged) and e.global_step == stop_at else None
+
     _, first = train(tiny_config(tmp_path / "b", log_every=1, plan_opts=plan), react, control)
     _, second = train(tiny_config(tmp_path / "b", log_every=1, resume=str(first.run_dir)))
-    resumed = {**lr_by_step(first), **lr_by_step(second)}
-    assert resumed == rates
+    assert max(lr_by_step(first)) == stop_at and min(lr_by_step(second)) == stop_at + 1
+    assert {**lr_by_step(first), **lr_by_step(second)} == rates  # every rate, exactly
 
 
 def test_schedule_errors_are_one_sentence(capsys) -> None:
@@ -112,9 +115,11 @@ def test_one_group_by_name_and_an_unknown_group(tmp_path: Path) -> None:
 
     _, rec = train(tiny_config(tmp_path, log_every=1, plan_opts=PlanOptions(stage_epochs="1,1,0", lrs="1e-2,1e-3,1e-3")),
                    react, control)
-    named, unknown = rec.of(RatesChanged)
+    (named,) = rec.of(RatesChanged)
     assert named.groups == ("new", "layer3-4") and named.after == (1e-3, 2e-4)
-    assert unknown.after == unknown.before and "no group 'nope' (it has new, layer3-4)" in unknown.note
+    (unknown,) = rec.of(CommandRefused)  # refused, said, and nothing changed
+    assert (unknown.verb, unknown.value, unknown.group) == ("lr", "x2", "nope")
+    assert unknown.reason == "this stage has no group 'nope' (it has new, layer3-4)"
     assert rec.of(BatchLogged)[-1].lrs == (1e-3, 2e-4)
 
 
@@ -152,7 +157,6 @@ def test_bad_values_for_ctl_are_one_sentence(capsys, tmp_path: Path) -> None:
 
 
 async def test_the_l_dialog_and_the_epoch_keys_steer_a_live_run(tmp_path: Path) -> None:
-    from tests.test_app import Seen
     from tui.app import make_app
     from tui.links import InProcessLink
     from tui.widgets.dialogs import RatesScreen
@@ -161,9 +165,9 @@ async def test_the_l_dialog_and_the_epoch_keys_steer_a_live_run(tmp_path: Path) 
     config = tiny_config(tmp_path, limit_train=160, plan_opts=PlanOptions(stage_epochs="2,1,0", lrs="1e-2,1e-3,1e-3"))
     app = make_app(InProcessLink(config, trainer=seen))
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: app.state.stage is not None and app.state.status == "RUNNING")
+        await until(pilot, lambda: app.state.stage is not None and app.state.status is Status.RUNNING)
         await pilot.press("p")
-        await until(pilot, lambda: app.state.status == "PAUSED" and seen.of(type(seen.events[0])) is not None)
+        await until(pilot, lambda: app.state.status is Status.PAUSED and seen.of(type(seen.events[0])) is not None)
         await pilot.press("l")
         assert isinstance(app.screen, RatesScreen)
         await pilot.press(*"fast", "enter")  # not a rate: said in the dialog, which stays
@@ -178,12 +182,218 @@ async def test_the_l_dialog_and_the_epoch_keys_steer_a_live_run(tmp_path: Path) 
         await until(pilot, lambda: not app.is_running)
 
 
+# --- every way in checks a value the same way; ctl says what the run did -------------
+
+BAD_VALUES = [
+    ("lr", "nan", ""), ("lr", "inf", ""), ("lr", "0", ""), ("lr", "-3e-4", ""), ("lr", "1e308", ""),
+    ("lr", "x0", ""), ("lr", "x1e-300", ""), ("lr", "x1e300", ""), ("lr", "1" * 41, ""),
+    ("lr", "x2", "a b"), ("lr", "x2", "a,b"), ("lr", "x2", "größe"), ("lr", "x2", "\x1b]0;pwned\x07"),
+    ("epochs", "+100001", ""), ("epochs", "+²", ""), ("epochs", "3", ""), ("pause", "now", ""),
+]
+
+
+@pytest.mark.parametrize(("verb", "value", "group"), BAD_VALUES)
+def test_ctl_and_the_inbox_refuse_a_bad_value_with_the_same_sentence(
+    tmp_path: Path, capsys, verb: str, value: str, group: str
+) -> None:
+    from core.rundir import RunDir
+
+    with pytest.raises(ConfigError) as info:
+        Command(verb, value, group)
+    said = str(info.value)
+    assert said.isprintable() and len(said) < 200, said  # one line, no control character, no echo of a long value
+    code, _, err = cli(capsys, "ctl", str(tmp_path), verb, value, *(("--group", group) if group else ()))
+    assert code == 1 and err == f"cbam-tui: error: {said}\n"
+    # A command file from a sender that checks nothing: claimed, refused with the same sentence, never applied.
+    run = RunDir.create_at(tmp_path / "run")
+    try:
+        name = f"{time.time_ns():020d}-{os.getpid()}-{verb}"
+        (run.path / "control" / name).write_text(json.dumps({"origin": "a script", "value": value, "group": group}))
+        refused: list[CommandRefused] = []
+        Inbox(run, lambda c, o: pytest.fail(f"{c} was applied"), refused.append).poll(force=True)
+        assert [(e.reason, e.command_id, e.origin) for e in refused] == [(said, name, "a script")]
+    finally:
+        run.close()
+
+
+def test_ctl_never_echoes_a_long_value(tmp_path: Path, capsys) -> None:
+    code, _, err = cli(capsys, "ctl", str(tmp_path), "lr", "1" * 100_000)
+    assert code == 1 and err.count("\n") == 1 and len(err) < 300 and "(of 100,000 characters)" in err
+
+
+async def test_the_l_dialog_refuses_what_ctl_refuses_in_the_same_words() -> None:
+    from textual.app import App
+    from textual.widgets import Input, Static
+
+    from tui.widgets.dialogs import RatesScreen
+
+    chosen: list[Command | None] = []
+
+    class Host(App[None]):
+        def on_mount(self) -> None:
+            self.push_screen(RatesScreen([("new", 1e-3)]), chosen.append)
+
+    app = Host()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        for verb, value, group in BAD_VALUES:
+            if verb != "lr":
+                continue
+            with pytest.raises(ConfigError) as info:
+                Command(verb, value, group)
+            app.screen.query_one(Input).value = f"{group} {value}" if group else value
+            await pilot.press("enter")  # refused in the dialog, which stays, saying why
+            assert isinstance(app.screen, RatesScreen) and not chosen
+            if group and " " in group:
+                continue  # the dialog splits on spaces: "a b x2" is three words, said otherwise
+            assert str(app.screen.query_one("#rates-error", Static).render()) == str(info.value)
+        app.screen.query_one(Input).value = "new x0.5"
+        await pilot.press("enter")
+        assert chosen == [Command("lr", "x0.5", "new")]
+
+
+class LiveRun:
+    """A real tiny run in a thread, paused at its first loss line (or by a non-finite loss)."""
+
+    def __init__(self, tmp_path: Path, **overrides) -> None:
+        from core.train import Trainer
+        from tests.conftest import Recorder
+
+        self.control = Control()
+        self.paused = threading.Event()
+
+        def react(e) -> None:
+            if isinstance(e, BatchLogged) and e.global_step == 2:
+                self.control.pause()
+            if isinstance(e, Paused):
+                self.paused.set()
+
+        self.rec = Recorder(react)
+        self.run = tmp_path / "run"
+        plan = PlanOptions(stage_epochs="1,1,0", lrs="1e-2,1e-3,1e-3")
+        config = tiny_config(tmp_path, run_dir=str(self.run), plan_opts=plan, **overrides)
+        self.outcome: list[StopReason] = []
+        self.thread = threading.Thread(target=lambda: self.outcome.append(Trainer(config, self.rec, self.control).run()))
+
+    def __enter__(self) -> LiveRun:
+        self.thread.start()
+        assert self.paused.wait(120), "the run did not pause"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.control.stop(StopReason.QUIT)
+        self.thread.join(120)
+        assert not self.thread.is_alive()
+
+
+def test_ctl_waits_for_what_the_run_did_and_exits_nonzero_with_its_reason(tmp_path: Path, capsys) -> None:
+    from core.checkpoint import read
+    from core.rundir import EventReader, open_run
+
+    with LiveRun(tmp_path) as live:
+        def ctl(*args: str) -> tuple[int, str, str]:
+            return cli(capsys, "ctl", str(live.run), *args)
+
+        code, _, err = ctl("lr", "x2", "--group", "nosuch")
+        assert (code, err) == (1, "cbam-tui: error: the run refused lr x2 (group nosuch): this stage has no group "
+                                  "'nosuch' (it has new)\n")
+        code, out, _ = ctl("lr", "1e-12")
+        assert code == 0 and out == f"cbam-tui: lr 1e-12 taken by {live.run}: learning rates (ctl pid {os.getpid()}): " \
+                                     "new 1e-2 → 1e-12; the next stage starts from its plan\n"
+        code, _, err = ctl("lr", "x0.5")  # 5e-13 would no longer be a rate a resume takes (x1e-300 made 0 for good)
+        assert code == 1 and "it would take group 'new' to 5e-13, outside the rates a run takes (1e-12 to 10)" in err
+        for _ in range(9):  # ten times +10000 made 110,007 epochs, which no resume took
+            code, out, _ = ctl("epochs", "+10000")
+            assert code == 0 and "taken by" in out
+        assert "stage 1 now has 90,001 epochs" in out.replace("90001", "90,001")
+        code, _, err = ctl("epochs", "+10000")
+        assert code == 1 and "stage 1 would have 100,001 epochs, and a stage has at most 100,000 (it has 90,001)" in err
+        assert ctl("save")[0] == 0
+    config = read(live.run / "checkpoints" / "last.pt").config  # what ctl changed, a resume takes
+    assert config.plan.stages[0].epochs == 90_001
+    with open_run(live.run) as run:
+        events = [e for e, _ in EventReader(run).read_all()]
+    refused = [e for e in events if isinstance(e, CommandRefused)]
+    assert [e.verb for e in refused] == ["lr", "lr", "epochs"] and all(e.command_id for e in refused)
+
+
+def test_ctl_resume_of_a_run_paused_by_a_non_finite_loss_is_refused(tmp_path: Path, capsys, monkeypatch) -> None:
+    import core.train as train_mod
+
+    real = train_mod.F.cross_entropy
+
+    def poisoned(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if kwargs.get("reduction") is None else loss
+
+    monkeypatch.setattr(train_mod.F, "cross_entropy", poisoned)
+    with LiveRun(tmp_path, on_nonfinite="pause") as live:
+        for verb in ("resume", "next"):
+            code, _, err = cli(capsys, "ctl", str(live.run), verb)
+            assert code == 1 and f"the run refused {verb}: the loss is no longer finite" in err
+        assert cli(capsys, "ctl", str(live.run), "stop")[0] == 0
+    assert live.outcome == [StopReason.NONFINITE]
+    paused = live.rec.of(Paused)
+    assert paused and not any(e.resumable for e in paused)  # the fact travels typed, not in the reason's words
+
+
+def test_whether_a_pause_may_be_resumed_is_the_events_fact_not_its_wording() -> None:
+    from core.state import RunState
+
+    state = RunState()
+    state.apply(Paused(1, 1, 3, "the loss is no longer finite", resumable=False))
+    assert not state.may_resume
+    state.apply(Resumed(1, 1, 3))
+    state.apply(Paused(1, 1, 4, "paused for a non-finite check of the disk"))  # words alone decide nothing
+    assert state.may_resume
+
+
+SENDER = """
+import sys
+from tui.cli import main
+
+p, wait, run = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+codes = []
+for i in range(10):
+    sys.argv = ["cbam-tui", "ctl", run, "lr", f"{p * 10 + i + 1}e-5", wait]
+    try:
+        main()
+    except SystemExit as exc:
+        codes.append(int(exc.code))
+print("codes", codes)
+"""
+
+
+@SLOW
+def test_fifty_ctl_commands_at_once_from_five_processes_each_apply_once_in_order(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    with LiveRun(tmp_path) as live:
+        senders = [
+            subprocess.Popen([sys.executable, "-c", SENDER, str(p), "--wait" if p < 3 else "--no-wait", str(live.run)],
+                             cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for p in range(5)
+        ]
+        outputs = [s.communicate(timeout=300)[0] for s in senders]
+        assert all("codes [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]" in out for out in outputs), outputs
+        deadline = time.monotonic() + 60
+        while len(live.rec.of(RatesChanged)) < 50:
+            assert time.monotonic() < deadline, f"{len(live.rec.of(RatesChanged))} of 50 applied"
+            time.sleep(0.05)
+        changes = live.rec.of(RatesChanged)
+    assert len(changes) == 50 and len({c.command_id for c in changes}) == 50  # each once, none lost
+    for p, sender in enumerate(senders):
+        mine = [c.after[0] for c in changes if c.origin == f"ctl pid {sender.pid}"]
+        assert mine == [float(f"{p * 10 + i + 1}e-5") for i in range(10)], p  # in the order sent
+
+
 # --- many runs -------------------------------------------------------------------------
 
 
 def test_resume_auto_goes_on_with_the_newest_unfinished_run_of_that_name(tmp_path: Path, capsys, monkeypatch) -> None:
     import tui.launch
-    from tests.test_rundir import stopped_run
 
     root = tmp_path / "runs"
     mine = stopped_run(tmp_path)  # runs/<stamp>-t
@@ -201,7 +411,6 @@ def test_resume_auto_goes_on_with_the_newest_unfinished_run_of_that_name(tmp_pat
 def test_runs_prune_removes_only_runs_that_failed_before_their_first_epoch(tmp_path: Path, capsys) -> None:
     from core.events import RunFailed
     from tests.scripted import events
-    from tests.test_rundir import fake_run
 
     script = list(events(epochs=1, batches=4, log_every=2))
     root = tmp_path / "runs"
@@ -245,18 +454,75 @@ def test_the_png_has_the_stated_size_and_a_finished_run_draws_its_own(tmp_path: 
     assert Image.open(finished_run / "curves.png").size == (1600, 600)
 
 
+def test_exporting_again_gives_the_same_files_and_every_point_once(tmp_path: Path, finished_run: Path, capsys) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb, image = tmp_path / "tb", tmp_path / "curves.png"
+    seen = []
+    for _ in range(2):
+        code, _, err = cli(capsys, "export", str(finished_run), "--tensorboard", str(tb), "--png", str(image))
+        assert code == 0, err
+        seen.append(({p.name: p.read_bytes() for p in tb.iterdir()}, image.read_bytes()))
+    assert seen[0] == seen[1] and len(seen[0][0]) == 1  # one event file, the same bytes; the same PNG
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("accuracy/test")] == [1, 2, 3]  # twice before: 1, 1, 2, 2, 3, 3
+
+
+def test_export_writes_no_file_it_did_not_make_and_says_why_in_one_sentence(
+    tmp_path: Path, finished_run: Path, capsys
+) -> None:
+    import shutil
+
+    from PIL import Image
+
+    def export(*args: str, run: Path = finished_run) -> str:
+        code, _, err = cli(capsys, "export", str(run), *args)
+        assert code == 1 and err.count("\n") == 1 and "internal error" not in err, err
+        return err
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone else's")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    assert f"--tensorboard {a_file}/" in (said := export("--tensorboard", str(a_file))) and "is not a directory" in said
+    other = tmp_path / "other-tb"
+    other.mkdir()
+    (other / "events.out.tfevents.1700000000.host.1.0").write_bytes(b"")
+    assert "already holds the TensorBoard events of something else" in export("--tensorboard", str(other))
+    link_tb = tmp_path / "link-tb"
+    link_tb.mkdir()
+    (link_tb / f"events.out.tfevents.cbam-tui.{finished_run.name}").symlink_to(victim)
+    assert "is a symbolic link: export writes only regular files, never through a link" in export(
+        "--tensorboard", str(link_tb))
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (4, 4)).save(photo)
+    assert "photo.png exists and is not a cbam-tui export: not overwritten" in export("--png", str(photo))
+    (tmp_path / "link.png").symlink_to(victim)
+    assert "link.png is a symbolic link" in export("--png", str(tmp_path / "link.png"))
+    assert "is not a directory" in export("--png", str(a_file / "x.png"))
+    assert victim.read_text() == "someone else's" and Image.open(photo).size == (4, 4)
+    broken = tmp_path / "broken-run"
+    shutil.copytree(finished_run, broken)
+    (broken / "events.jsonl").unlink()
+    os.mkfifo(broken / "events.jsonl")
+    assert "cannot read the events of" in export("--png", str(tmp_path / "new.png"), run=broken)
+    code, _, err = cli(capsys, "export", str(finished_run), "--png", str(tmp_path / "new" / "dir" / "c.png"))
+    assert code == 0 and (tmp_path / "new" / "dir" / "c.png").exists(), err  # a missing directory is made
+
+
 def test_export_without_the_extra_says_what_to_install(finished_run: Path, capsys, monkeypatch) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     code, _, err = cli(capsys, "export", str(finished_run), "--png", "x.png")
-    assert code == 1 and "export --png needs matplotlib: pip install 'cbam-tui[export]'" in err
+    root = Path(__file__).resolve().parent.parent  # a source tree: the hint installs from it
+    assert code == 1 and f"export --png needs matplotlib: pip install -e '{root}[export]'" in err
 
 
 def test_compare_renders_finished_and_live_runs(snap_compare, tmp_path: Path) -> None:
     from core.events import RunFinished
     from tests.scripted import events
-    from tests.test_rundir import fake_run
     from tui.app import make_app
     from tui.links import CompareLink
 
@@ -273,7 +539,6 @@ def test_compare_renders_finished_and_live_runs(snap_compare, tmp_path: Path) ->
 
 async def test_compare_refreshes_while_a_run_trains(tmp_path: Path) -> None:
     from tests.scripted import events
-    from tests.test_rundir import fake_run
     from tui.app import make_app
     from tui.links import CompareLink
     from tui.widgets.compare_view import CompareView
@@ -294,3 +559,12 @@ async def test_compare_refreshes_while_a_run_trains(tmp_path: Path) -> None:
         await until(pilot, lambda: not view.runs[1].live, timeout=10)
         await pilot.press("q")
     assert app.exit_code == 0
+
+
+def test_the_install_hint_names_the_published_package_outside_a_source_tree(tmp_path: Path, monkeypatch) -> None:
+    import core.export
+
+    installed = tmp_path / "site-packages" / "core"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(core.export, "__file__", str(installed / "export.py"))
+    assert core.export.install_hint("export") == "pip install 'cbam-tui[export]'"

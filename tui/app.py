@@ -1,70 +1,72 @@
-"""The dashboard: one Textual app, given a link to a run (tui.links).
+"""The Textual app: a link to a run (tui.links), the screen that shows it, and the
+run's lifecycle: start, stop, stop signals, a stuck terminal, the exit code.
 
-Events cross from the link's worker thread to the UI only as messages
-(post_message is thread-safe); keys reach the run only through the link. The
-screen redraws on a timer, a few times a second, never once per event.
+Events cross from the link's worker thread to the UI through an Intake: the
+worker only appends to a queue, and a change of state wakes the UI with one
+message. A few times a second, and at once when woken, the app folds what is
+queued into its RunState and hands the events to its screen, which shows them
+(tui/dashboard.py for one run, tui/comparison.py for several). Keys reach the run
+only through the link.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import json
 import os
 import threading
 import time
+from typing import cast
 
-from rich.text import Text
 from textual import work
-from textual.app import App, ComposeResult
+from textual.app import App
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import ContentSwitcher, Footer, Static
+from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from core.errors import CbamError
-from core.events import Event, Loading, Progress
-from core.rundir import Command, StopReason
-from core.state import ENDED, EVALUATING, PAUSED, RUNNING, STOPPING, RunState, describe
+from core.events import Event
+from core.state import RunState
+from core.vocab import Status, StopReason
+from tui.budget import RenderBudget
+from tui.intake import Intake
 from tui.links import CompareLink, Link
-from tui.widgets.attention_view import AttentionView
-from tui.widgets.class_view import ClassView
-from tui.widgets.compare_view import CompareView
-from tui.widgets.curves import ChartOptions, EpochCurve, GroupCurve, LossCurve
-from tui.widgets.dialogs import ConfirmScreen, ErrorScreen, RatesScreen
-from tui.widgets.hardware import HardwarePanel
+from tui.widgets.dialogs import ConfirmScreen, ErrorScreen
 from tui.widgets.help_screen import HelpScreen
-from tui.widgets.loss_log import LossLog
-from tui.widgets.model_tree import LayerTree, ModelTree
-from tui.widgets.module_table import ModuleTable
-from tui.widgets.stage_panel import StagePanel
-from tui.widgets.status_bar import StatusBar
 
-VIEWS = ("dashboard", "tree", "system", "classes", "attention", "curves")
-REDRAW_S = 0.25
-CURVES_S = 1.0
-COMPACT_BELOW_ROWS = 30
-TALL_FROM_ROWS = 40  # the dashboard's left column has room for the learning-rate curve
+TICK_S = 0.5  # events are folded in, and due panels redrawn, this often (a change of state wakes it at once)
+STALL_S = 20.0  # an event loop that has not ticked for this long is stuck (a terminal nobody reads)
+STALL_ENV = "CBAM_TUI_STALL_S"  # another limit, in seconds
+REPORT_ENV = "CBAM_TUI_UI_REPORT"  # a file the app writes its own cost to when it closes (bench/dashboard.py)
 EXIT_GRACE_S = 3.0  # after a stop signal, the process ends even if the terminal will not be restored
-SIGNALLED = (StopReason.SIGINT, StopReason.SIGTERM, StopReason.SIGHUP, StopReason.SIGUSR1)
-KEY_ACTIONS = {"pause": ("pause", "resume"), "next": ("next_stage",), "save": ("save",), "stop": ("stop_run",),
-               "lr": ("rates",), "epochs": ("epochs",)}
 
 
-class RunEvent(Message):
-    """One event of the run, carried from the link's worker thread to the UI."""
-
-    def __init__(self, event: Event) -> None:
-        super().__init__()
-        self.event = event
+class Wake(Message):
+    """A change of state is queued: fold it in and show it now, not at the next tick."""
 
     def can_replace(self, message: Message) -> bool:
-        # A newer progress report makes an older one still queued worthless;
-        # log-bearing events are never dropped.
-        return (
-            isinstance(message, RunEvent)
-            and isinstance(self.event, (Progress, Loading))
-            and type(message.event) is type(self.event)
-        )
+        return isinstance(message, Wake)
+
+
+class RunScreen(Screen[None]):
+    """The screen a link's run is shown on, under any dialog. It reads the app's state
+    and never writes it; it has its own keys (q, ctrl+c and ? are the app's)."""
+
+    @property
+    def run_app(self) -> CbamApp:
+        return cast(CbamApp, self.app)
+
+    def show(self, events: list[Event]) -> None:
+        """``events`` were just folded into the app's state: show what is due."""
+
+    def redraw(self) -> None:
+        """Show every change now (the state moved outside a tick)."""
+
+    @property
+    def settled(self) -> bool:
+        """Everything folded in is on screen."""
+        return True
 
 
 class CbamApp(App[int]):
@@ -72,105 +74,93 @@ class CbamApp(App[int]):
     TITLE = "cbam-tui"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
-        Binding("p,space", "pause", "pause"),
-        Binding("p,space", "resume", "resume"),
-        Binding("n", "next_stage", "next stage"),
-        Binding("s", "save", "save"),
-        Binding("x", "stop_run", "stop run"),
-        Binding("l", "rates", "lr"),
-        Binding("plus", "epochs('+1')", "+epoch", show=False),
-        Binding("minus", "epochs('-1')", "-epoch", show=False),
-        # The same keys when they cannot act: one line in the log saying why.
-        Binding("p,space", "unavailable('pause')", show=False),
-        Binding("n", "unavailable('next')", show=False),
-        Binding("s", "unavailable('save')", show=False),
-        Binding("x", "unavailable('stop')", show=False),
-        Binding("l", "unavailable('lr')", show=False),
-        Binding("plus,minus", "unavailable('epochs')", show=False),
         Binding("q", "quit_run", "quit", priority=True),
         Binding("ctrl+c", "quit_run", "quit", show=False, priority=True),
-        Binding("tab", "next_view", "view", priority=True),
-        Binding("1", "view('dashboard')", "dashboard", show=False),
-        Binding("2", "view('tree')", "tree", show=False),
-        Binding("3", "view('system')", "log", show=False),
-        Binding("4", "view('classes')", "classes", show=False),
-        Binding("5", "view('attention')", "attention", show=False),
-        Binding("6", "view('curves')", "curves", show=False),
-        Binding("e", "chart('smooth')", "smooth", show=False),
-        Binding("y", "chart('log_scale')", "log scale", show=False),
-        Binding("w", "chart('this_stage')", "stage/run", show=False),
-        Binding("left_square_bracket", "attention_epoch(1)", "earlier", show=False),
-        Binding("right_square_bracket", "attention_epoch(-1)", "later", show=False),
         Binding("question_mark", "help", "help"),
     ]
 
-    def __init__(self, link: Link) -> None:
+    def __init__(self, link: Link, main: RunScreen) -> None:
         super().__init__()
         self.link = link
-        self.compare = isinstance(link, CompareLink)  # several runs side by side, none steered
-        self.state = RunState()
+        self.main = main
+        self.state = RunState()  # the link's run, folded from its events; only this app writes it
         self.outcome: StopReason | None = None  # why the link's worker ended
         self.error: str | None = None  # the worker raised: shown, and the exit code is 1
-        self._posted = 0  # events sent by the link's thread, and folded in by the UI
-        self._applied = 0
+        self.intake = Intake(lambda: self.post_message(Wake()))
+        self.budget = RenderBudget()  # the UI thread's share of the wall time, which the screen draws within
         self._quitting = False
         self._signalled = False  # a stop signal reached the CLI's handler
-        self._drawn = -1
-        self._curve_data: tuple[object, ...] = ()
-        self._curves_at = 0.0
-        self.chart = ChartOptions()
+        self._heartbeat = time.monotonic()  # the event loop's last tick, for the stall guard
+        self.stall_guard = False
+        # What the link's worker thread ended with, for the exit threads (the UI may never see it).
+        self._link_done = threading.Event()
+        self._link_outcome: StopReason | None = None
+        self._link_failed = False
 
-    # --- layout ---------------------------------------------------------------
-    def compose(self) -> ComposeResult:
-        if isinstance(self.link, CompareLink):
-            head = f" COMPARE  {len(self.link.runs)} runs · refreshed every second · q leaves"
-            yield Static(Text(head, style="bold"), id="status")
-            yield CompareView(self.link.runs, id="compare")
-            yield Footer()
-            return
-        yield StatusBar(id="status")
-        with ContentSwitcher(initial="dashboard", id="views"):
-            with Vertical(id="dashboard"):
-                with Horizontal(id="top"):
-                    with Vertical(id="left"):
-                        yield StagePanel(id="stage")
-                        yield HardwarePanel(id="hardware")
-                        yield ModuleTable(id="modules")
-                        yield GroupCurve("lr", id="lr-side")
-                    with Vertical(id="right"):
-                        yield LossCurve(id="loss-curve")
-                        with Horizontal(id="epoch-curves"):
-                            yield EpochCurve("acc", id="acc-curve")
-                            yield EpochCurve("loss", id="epoch-loss-curve")
-                yield LossLog(id="log")
-            yield ModelTree(id="tree")
-            with Vertical(id="system"):
-                yield HardwarePanel(id="hardware-full")
-                yield LossLog(id="full-log")
-            yield ClassView(id="classes")
-            yield AttentionView(id="attention")
-            with Vertical(id="curves"):
-                yield LossCurve(id="loss-big")
-                with Horizontal(id="curves-row"):
-                    yield GroupCurve("lr", id="lr-curve")
-                    yield GroupCurve("grad", id="grad-curve")
-        yield Footer()
+    def get_default_screen(self) -> RunScreen:
+        return self.main
 
     def on_mount(self) -> None:
         self.follow()
-        self.set_interval(REDRAW_S, self._leave_if_signalled)
-        if self.compare:
-            return
-        self._fit()
-        self.set_interval(REDRAW_S, self.redraw)
-        self.redraw()
+        self.set_interval(TICK_S, self.tick)
+        if self.stall_guard:
+            self.guard_stall()
 
+    # --- lifecycle ----------------------------------------------------------------
     def stop_signal(self, reason: StopReason) -> None:
         """The CLI's stop-signal handler: the link stops the run, and the app leaves as the
         run ends; a run that has already ended has nothing to stop, so the app leaves at
-        the next tick, with the run's exit code."""
+        the next tick, with the run's exit code. Leaving does not depend on the event loop:
+        a thread ends the process once the run has stopped, whatever the UI is doing."""
         self._signalled = True
         self.link.stop(reason)
+        threading.Thread(target=self._exit_when_stopped, args=(reason,), name="cbam-tui exit", daemon=True).start()
+
+    def _exit_when_stopped(self, reason: StopReason) -> None:
+        """Wait for the run's stop checkpoint, give the event loop a moment to restore the
+        terminal, then end the process. A terminal that is gone can block the UI thread in
+        a write for good (SIGHUP: no moment is given, there is nothing to restore)."""
+        self._link_done.wait()
+        if reason != StopReason.SIGHUP:
+            time.sleep(EXIT_GRACE_S)
+        os._exit(self.exit_code)
+
+    def guard_stall(self) -> None:
+        """For a real terminal: if the event loop stops ticking for STALL_S, or the terminal
+        takes no byte for as long (nobody reads it: Textual's writer thread blocks, and the
+        loop only once 30 frames are queued, which the render budget makes a long wait), stop
+        the run as if the connection had dropped and end the process once its checkpoint is saved."""
+        import select
+        import sys
+
+        try:
+            limit = float(os.environ.get(STALL_ENV, STALL_S))
+        except ValueError:
+            limit = STALL_S
+        out = sys.__stdout__
+
+        def writable() -> bool:
+            try:
+                return out is None or bool(select.select([], [out.fileno()], [], 0)[1])
+            except (OSError, ValueError):
+                return True  # no terminal to watch: the heartbeat alone decides
+
+        def watch() -> None:
+            last = took = time.monotonic()
+            while not self._link_done.is_set():
+                time.sleep(1.0)
+                now = time.monotonic()
+                if now - last > 5.0:  # this process was stopped (ctrl+z): the loop was too
+                    self._heartbeat = took = now
+                last = now
+                if writable():
+                    took = now
+                if now - self._heartbeat > limit or now - took > limit:
+                    self.link.stop(StopReason.SIGHUP)
+                    self._link_done.wait()
+                    os._exit(self.exit_code)
+
+        threading.Thread(target=watch, name="cbam-tui stall guard", daemon=True).start()
 
     def _leave_if_signalled(self) -> None:
         if self._signalled and not self.live:
@@ -181,29 +171,39 @@ class CbamApp(App[int]):
         # next batch with a checkpoint, and the process can exit. A followed run goes on.
         if self.outcome is None:
             self.link.stop(StopReason.QUIT if self.link.leaving_stops_run else StopReason.LEFT)
+        report = os.environ.get(REPORT_ENV)
+        if report:
+            b = self.budget
+            with contextlib.suppress(OSError), open(report, "w") as f:
+                json.dump({"ui_cpu_s": b.spent, "wall_s": b.spent_over, "factor": b.factor}, f)
 
     # --- the worker -----------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False, group="training")
     def follow(self) -> StopReason:
-        return self.link.start(self.post_event)
+        try:
+            self._link_outcome = self.link.start(self.post_event)
+        except BaseException:
+            self._link_failed = True
+            raise
+        finally:
+            self._link_done.set()
+        return self._link_outcome
 
     def post_event(self, event: Event) -> None:
         """The link's emit: thread-safe, never blocks the training loop."""
-        if self.post_message(RunEvent(event)) and not isinstance(event, (Progress, Loading)):
-            self._posted += 1  # replaceable ones may be dropped for a newer one: not counted
+        self.intake.push(event)
 
-    def on_run_event(self, message: RunEvent) -> None:
-        if not isinstance(message.event, (Progress, Loading)):
-            self._applied += 1
-        before = self.state.status
-        self.state.apply(message.event)
-        lines = describe(message.event)
-        if lines:
-            for log in self.query(LossLog):
-                log.add_lines(lines)
-        if self.state.status != before or message.event.kind in ("watching", "run_started"):
-            self.refresh_bindings()
-            self.redraw()  # a change of state shows at once; streams of numbers wait for the timer
+    def on_wake(self, _message: Wake) -> None:
+        self.tick()
+
+    def tick(self) -> None:
+        """Fold in what the link queued, and have the screen show it."""
+        self._heartbeat = time.monotonic()
+        events = self.intake.take()
+        for event in events:
+            self.state.apply(event)
+        self.main.show(events)
+        self._leave_if_signalled()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         if event.worker.group != "training":
@@ -217,10 +217,11 @@ class CbamApp(App[int]):
             if self._quitting:
                 self.exit(self.exit_code)
                 return
+            self.tick()  # the run's last events, the failure among them
             checkpoint = self.state.last_checkpoint
             self.push_screen(ErrorScreen(self.error + (f"\n\nlast checkpoint: {checkpoint}" if checkpoint else "")))
         self.refresh_bindings()
-        self.redraw()
+        self.tick()
 
     def _wind_up(self) -> None:
         """The link is done: leave when asked to or signalled, else stay to be looked at."""
@@ -228,198 +229,26 @@ class CbamApp(App[int]):
             # The terminal is gone: restoring it would block on a dead tty. Everything is
             # saved and flushed, so leave at once.
             os._exit(self.exit_code)
-        if self.outcome in SIGNALLED:
-            # Restore the terminal if it lets us, but a stop signal ends the process regardless.
-            watchdog = threading.Timer(EXIT_GRACE_S, os._exit, (self.exit_code,))
-            watchdog.daemon = True
-            watchdog.start()
-        if self._quitting or self.outcome in SIGNALLED:
+        if self._quitting or (self.outcome is not None and self.outcome.signalled):
             self.exit(self.exit_code)
 
     @property
     def exit_code(self) -> int:
         """The one place the dashboard's exit status comes from."""
-        if self.error is not None:
+        if self.error is not None or self._link_failed:
             return 1
-        return (self.outcome or StopReason.LEFT).exit_code
+        return (self.outcome or self._link_outcome or StopReason.LEFT).exit_code
 
     @property
     def live(self) -> bool:
         return any(w.group == "training" and w.is_running for w in self.workers)
 
-    # --- which keys act now: the footer shows only those -------------------------
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if self.compare:
-            return action in ("quit_run", "help")
-        if action == "attention_epoch":
-            return self.query_one(ContentSwitcher).current == "attention"
-        steerable = self._steerable() and self.state.stage is not None
-        if action == "pause":
-            return steerable and self.state.status in (RUNNING, EVALUATING)
-        if action == "resume":
-            return steerable and self.state.status == PAUSED and self._may_resume()
-        if action in ("next_stage", "save", "rates", "epochs"):
-            return steerable
-        if action == "stop_run":
-            return steerable and not self.link.leaving_stops_run
-        if action == "unavailable":
-            return not any(self.check_action(a, ()) for a in KEY_ACTIONS[str(parameters[0])])
-        return True
-
-    def _steerable(self) -> bool:
-        if not self.live or self.state.status in (*ENDED, STOPPING):
-            return False
-        watching = self.state.watching
-        return self.link.leaving_stops_run or (watching is not None and watching.can_control)
-
-    def _may_resume(self) -> bool:
-        return self.state.message is None or "non-finite" not in self.state.message
-
-    # --- redraw, throttled ----------------------------------------------------
-    def redraw(self) -> None:
-        state = self.state
-        if self.compare or state.version == self._drawn:
-            return
-        self._drawn = state.version
-        self.query_one(StatusBar).update_from(state)
-        view = self.query_one(ContentSwitcher).current
-        if view == "dashboard":
-            self.query_one(StagePanel).update_from(state)
-            self.query_one("#hardware", HardwarePanel).update_from(state)
-            self.query_one(ModuleTable).update_from(state)
-        elif view == "system":
-            self.query_one("#hardware-full", HardwarePanel).update_from(state)
-        elif view == "classes":
-            self.query_one(ClassView).update_from(state)
-        elif view == "attention":
-            self.query_one(AttentionView).update_from(state)
-        if view in ("dashboard", "curves"):
-            self._redraw_curves(view)
-        tree = self.query_one(ModelTree)
-        if view == "tree" or not tree.populated:
-            tree.update_from(state)  # built while hidden, so the first look at it is instant
-
-    def _redraw_curves(self, view: str) -> None:
-        """Plots cost the most: redrawn only when their data moved, and at most once a
-        second while the losses stream in (new epochs and stages show at once)."""
-        state = self.state
-        data = (view, len(state.epochs), len(state.stage_steps), str(self.size), self.chart, len(state.iter_losses),
-                len(state.group_curves))
-        now = time.monotonic()
-        if data == self._curve_data or (data[:5] == self._curve_data[:5] and now - self._curves_at < CURVES_S):
-            return
-        self._curve_data, self._curves_at = data, now
-        for curve in self.query_one(f"#{view}").query(LossCurve):
-            curve.options = self.chart
-            curve.update_from(state)
-        for plot in self.query_one(f"#{view}").query(EpochCurve):
-            plot.update_from(state)
-        for group in self.query_one(f"#{view}").query(GroupCurve):
-            group.update_from(state)
-
     @property
     def settled(self) -> bool:
         """Every event the link has sent is folded in and on screen (tests wait for this)."""
-        return self._applied == self._posted and self._drawn == self.state.version and self._footer_current()
+        return self.intake.empty and self.main.settled
 
-    def _footer_current(self) -> bool:
-        """The footer shows the keys that act now (it recomposes after a refresh, not at once)."""
-        from textual.widgets._footer import FooterKey
-
-        if self.screen is not self.screen_stack[0] or not self.app_focus:
-            return True  # a dialog or help is up (its own keys), or the footer waits for focus to recompose
-        wanted = {b.binding.action for b in self.screen.active_bindings.values() if b.binding.show}
-        return {key.action for key in self.screen.query(FooterKey)} == wanted
-
-    def on_resize(self) -> None:
-        if self.compare:
-            return
-        self._fit()
-        self._drawn = -1
-
-    def _fit(self) -> None:
-        """Panels follow the terminal: the left column's width, the log's rows; under 30
-        rows the borders go (every module row still shows); from 40 the learning-rate
-        curve takes the left column's spare rows."""
-        width, height = self.size
-        self.query_one("#views").set_class(height < COMPACT_BELOW_ROWS, "-compact")
-        self.query_one("#views").set_class(height >= TALL_FROM_ROWS, "-tall")
-        self.query_one("#left").styles.width = max(46, min(int(width * 0.36), 72))
-        self.query_one("#log").styles.height = max(5, min(int(height * 0.22), 14))
-
-    # --- keys -------------------------------------------------------------------
-    def action_pause(self) -> None:
-        self._request(Command("pause"), PAUSED)
-
-    def action_resume(self) -> None:
-        self._request(Command("resume"), RUNNING)
-
-    def action_next_stage(self) -> None:
-        st = self.state.stage
-        if st is not None and st.stage == st.num_stages:
-            self.push_screen(
-                ConfirmScreen("This is the last stage: end the run now (it is evaluated and saved)?"),
-                lambda yes: self._request(Command("next")) if yes else None,
-            )
-        else:
-            self._request(Command("next"))
-
-    def action_save(self) -> None:
-        self._request(Command("save"))
-
-    def action_rates(self) -> None:
-        """l: change the learning rates now, in a small dialog."""
-        from tui.widgets.module_table import live_rates
-
-        stage = self.state.stage
-        rates = live_rates(self.state)
-        groups = [(name, rates.get(name, lr)) for name, lr in stage.groups] if stage else []
-        self.push_screen(RatesScreen(groups), lambda command: self._request(command) if command else None)
-
-    def action_epochs(self, change: str) -> None:
-        """+ / -: one epoch more or less in this stage."""
-        self._request(Command("epochs", change))
-
-    def action_stop_run(self) -> None:
-        self.push_screen(
-            ConfirmScreen(
-                "Stop the training run? It saves a checkpoint first; continue it later with cbam-tui run --resume."
-            ),
-            lambda yes: self._request(Command("stop")) if yes else None,
-        )
-
-    def action_unavailable(self, verb: str) -> None:
-        """Why a steering key does nothing now, in the log."""
-        state, watching = self.state, self.state.watching
-        status = state.status.lower()
-        if verb == "stop" and self.link.leaving_stops_run:
-            why = "x stops a run you watch; q stops this one (with a checkpoint)"
-        elif state.status in ENDED:
-            why = f"the run has {status}"
-        elif not self.live:
-            why = "the run is not live"
-        elif watching is not None and not watching.can_control:
-            why = watching.detail
-        elif state.status == PAUSED and not self._may_resume():
-            verb, why = "resume", str(state.message)
-        else:
-            why = f"the run is {status}" + ("" if state.stage else "; wait for its first stage")
-        self._note(f"cannot {verb}: {why}")
-
-    def _request(self, command: Command, shown: str | None = None) -> None:
-        """Send a key's command. A run owned here shows ``shown`` at once (its Control
-        takes it at the next batch boundary); an attached one shows what the run reports."""
-        try:
-            self._note(self.link.send(command))
-        except CbamError as exc:
-            self._note(f"cannot {command.verb}: {exc}")
-            return
-        if shown is not None and self.link.leaving_stops_run:
-            self.state.status = shown
-            self.state.version += 1
-            self.refresh_bindings()
-        self.redraw()
-
+    # --- the app's own keys -----------------------------------------------------
     def action_quit_run(self) -> None:
         if self._quitting:
             return
@@ -429,7 +258,7 @@ class CbamApp(App[int]):
             self.link.stop(StopReason.LEFT)
             self.exit(self.exit_code)
             return
-        if not self.live or self.state.status in ENDED:
+        if not self.live or self.state.status.ended:
             self._quitting = True  # over already: leave now, or as soon as the worker has wound up
             if not self.live:
                 self.exit(self.exit_code)
@@ -438,44 +267,25 @@ class CbamApp(App[int]):
         def answer(yes: bool | None) -> None:
             if yes:
                 self._quitting = True
-                self.state.status = STOPPING
-                self.state.version += 1
+                self.state.expect(Status.STOPPING)
                 self.link.stop(StopReason.QUIT)
-                self.refresh_bindings()
-                self.redraw()
+                self.main.refresh_bindings()
+                self.main.redraw()
 
         self.push_screen(ConfirmScreen("Stop training and quit? A checkpoint is saved first."), answer)
-
-    def action_next_view(self) -> None:
-        switcher = self.query_one(ContentSwitcher)
-        self.action_view(VIEWS[(VIEWS.index(switcher.current or VIEWS[0]) + 1) % len(VIEWS)])
-
-    def action_view(self, name: str) -> None:
-        self.query_one(ContentSwitcher).current = name
-        self._drawn = -1
-        self.redraw()
-        if name == "tree":
-            self.query_one(LayerTree).focus()  # arrows move, enter or space opens a node
-        elif name in ("classes", "attention"):
-            self.query_one(f"#{name}").focus()  # arrows and page keys scroll
-
-    def action_chart(self, option: str) -> None:
-        """e, y, w: smoothing, a log-scaled loss, this stage only (the iteration curve)."""
-        self.chart = dataclasses.replace(self.chart, **{option: not getattr(self.chart, option)})
-        self._drawn = -1
-        self.redraw()
-
-    def action_attention_epoch(self, delta: int) -> None:
-        self.query_one(AttentionView).step(delta, self.state)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(owns_run=self.link.leaving_stops_run))
 
-    def _note(self, line: str) -> None:
-        for log in self.query(LossLog):
-            log.add_lines([f"> {line}"])
 
+def make_app(link: Link, stall_guard: bool = False) -> CbamApp:
+    """The app over ``link``: the dashboard for one run (the CLI's `run`, `demo` and `watch`,
+    and the tests), the comparison for several (`compare`). ``stall_guard``: on a real
+    terminal, a stuck event loop stops the run (`guard_stall`)."""
+    from tui.comparison import ComparisonScreen
+    from tui.dashboard import DashboardScreen
 
-def make_app(link: Link) -> CbamApp:
-    """The dashboard over ``link``: the CLI's `run`, `demo` and `watch`, and the tests."""
-    return CbamApp(link)
+    main = ComparisonScreen(link.runs) if isinstance(link, CompareLink) else DashboardScreen()
+    app = CbamApp(link, main)
+    app.stall_guard = stall_guard
+    return app

@@ -8,7 +8,9 @@ which options the user really typed comes from click's parameter source.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +19,7 @@ import typer
 
 from core import __version__
 from core.errors import CbamError, ConfigError
+from core.vocab import Exit
 
 app = typer.Typer(
     name="cbam-tui",
@@ -75,10 +78,12 @@ def run(
     batch_size: Annotated[int, typer.Option(help="Images per training batch, per process.", rich_help_panel=LOOP)] = 64,
     nproc_per_node: Annotated[int, typer.Option(help="Training processes on this machine (one per GPU with --device cuda; gloo on the CPU), launched with torch's elastic launcher. Learning rates are not rescaled.", rich_help_panel=LOOP)] = 1,
     sync_bn: Annotated[bool, typer.Option("--sync-bn", help="With several processes on GPUs: BatchNorm layers in train mode use statistics over all of them.", rich_help_panel=LOOP)] = False,
+    stall_timeout: Annotated[int, typer.Option(help="With several processes: seconds one may stay silent (frozen, cut off, its machine gone) before the group stops, naming it.", rich_help_panel=LOOP)] = 120,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel=LOOP)] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has it: CUDA, or a CPU with AVX512-BF16 or AMX; else fp32).", rich_help_panel=LOOP)] = "auto",
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.", rich_help_panel=LOOP)] = False,
     seed: Annotated[int, typer.Option(help="Seed of the data order, augmentation and init.", rich_help_panel=LOOP)] = 0,
+    threads: Annotated[int, typer.Option(help="torch's CPU threads; 0 chooses from the CPUs this process may use (affinity, cgroup quota) that other processes leave free, one fewer under the dashboard.", show_default="0: chosen", rich_help_panel=LOOP)] = 0,
     log_every: Annotated[int, typer.Option(help="Batches between loss lines.", rich_help_panel=LOOP)] = 100,
     headless: Annotated[bool, typer.Option("--headless", help="Plain lines instead of the dashboard (also when stdout is no terminal).", rich_help_panel=LOOP)] = False,
     detach: Annotated[bool, typer.Option("--detach", help="Train in a background process that outlives the terminal; output in <run dir>/train.log.", rich_help_panel=RUN)] = False,
@@ -93,7 +98,7 @@ def run(
     given = {k for k in values if source[k] in ("COMMANDLINE", "ENVIRONMENT")}
     from_defaults = {k for k in values if source[k] == "DEFAULT_MAP"}
     if resume == "auto":  # a requeued job: go on with this name's unfinished run, or start one
-        from core.rundir import unfinished_run
+        from core.runs import unfinished_run
 
         found = unfinished_run(name, Path(runs_root))
         resume = values["resume"] = str(found) if found is not None else None
@@ -112,7 +117,7 @@ def run(
     elif detach:
         code = launch.detach(config, home)
     elif nproc_per_node > 1:
-        code = launch.group(config, home, show_dashboard=not headless and sys.stdout.isatty())
+        code = launch.processes(config, home, show_dashboard=not headless and sys.stdout.isatty())
     elif headless or not sys.stdout.isatty():
         code = launch.headless(config)
     else:
@@ -130,7 +135,7 @@ def new_config(values: dict[str, Any], given: set[str], from_defaults: set[str])
         chosen = name in given or (name in from_defaults and values["plan"] is None)
         return values[name] if chosen else None
 
-    plan = build_plan(PlanOptions(values["preset"], values["plan"], *(option(n) for n in PLAN_OPTIONS)))
+    plan = build_plan(PlanOptions(option("preset"), values["plan"], *(option(n) for n in PLAN_OPTIONS)))
     config = RunConfig(plan=plan, **{k: v for k, v in values.items() if k not in NOT_CONFIG})
     validate(config)
     return config
@@ -140,16 +145,16 @@ def resume_config(values: dict[str, Any], given: set[str]) -> tuple[Any, Path | 
     """The saved run, with what this invocation may change about it. An option that
     defines the run, typed with another value than the run has, is refused here, the
     one place that knows both."""
-    from core.checkpoint import find_checkpoint, load, run_dir_of
+    from core.checkpoint import find_checkpoint, read_config, run_dir_of
     from core.config import RESUMABLE, merge_resume
-    from core.rundir import resolve_run
+    from core.runs import resolve_run
 
     target = Path(values["resume"])
     if not target.exists() and "/" not in values["resume"]:
         target = resolve_run(values["resume"], Path(values["runs_root"]))
     path = find_checkpoint(target)
     home = run_dir_of(path)
-    saved = load(path)["config"]
+    saved = read_config(path)
     for name in sorted(given):
         flag = "--" + name.replace("_", "-")
         if name in ("resume", "headless", "detach") or (name in RESUMABLE and name not in ("runs_root", "run_dir")):
@@ -162,7 +167,10 @@ def resume_config(values: dict[str, Any], given: set[str]) -> tuple[Any, Path | 
         if name in ("lrs", "new_lr_mult") or _normal(values[name]) != _normal(have):
             shown = f" (it has {have})" if have is not None else ""
             raise ConfigError(f"{flag} cannot be changed when resuming: the run continues with its saved settings{shown}")
-    config = merge_resume(saved, saved.replace(**{k: values[k] for k in RESUMABLE if k in values}), str(path))
+    # What was not typed stays as the run had it (a demo's --log-every 5 stays 5); where a
+    # lone checkpoint's new run directory goes is this invocation's to say.
+    changed = {k: values[k] for k in RESUMABLE if k in given or k in ("runs_root", "run_dir")}
+    config = merge_resume(saved, saved.replace(**changed), str(path))
     return config, home
 
 
@@ -213,7 +221,7 @@ def rank(run_dir: Annotated[Path, typer.Argument()]) -> None:
 
 @app.command("summary")
 def summary(
-    preset: Annotated[str, typer.Option(help="Stage plan: default or seed.")] = "default",
+    preset: Annotated[str | None, typer.Option(help="Stage plan: default or seed.", show_default="default")] = None,
     plan: Annotated[Path | None, typer.Option(help="A TOML plan file.")] = None,
     new_lr_mult: Annotated[float | None, typer.Option(help="Rate multiple of the new modules.")] = None,
     frozen_bn: Annotated[str | None, typer.Option(help="train or eval.")] = None,
@@ -237,16 +245,28 @@ RUN_ARG_HELP = "A run directory, or a run's name (or the start of one) under --r
 def watch(
     run_dir: Annotated[str | None, typer.Argument(help=RUN_ARG_HELP + " Default: the newest run.")] = None,
     runs_root: RUNS_ROOT = Path("runs"),
+    web: Annotated[str | None, typer.Option(metavar="[HOST:]PORT", help="Serve the dashboard to a browser instead (needs textual-serve): on 127.0.0.1 unless HOST says otherwise, where every request needs the token printed at start.")] = None,
 ) -> None:
     """Attach the dashboard to a run, live or over: replay its events, then follow them."""
-    from core.rundir import resolve_run
+    from core.runs import resolve_run
+    from tui import web as browser
 
+    listen = browser.parse_listen(web) if web is not None else None
     run = resolve_run(run_dir, runs_root)
-    if not sys.stdout.isatty():
-        raise ConfigError("watch needs a terminal; for a plain list use cbam-tui runs, or read events.jsonl")
+    if listen is not None:
+        raise typer.Exit(browser.serve(run, listen))
     from tui import launch
 
+    if browser.served():  # one browser page's dashboard; stdout carries its screen, so nothing else goes there
+        with contextlib.redirect_stdout(io.StringIO()):
+            raise typer.Exit(launch.watch(run))
+    if not sys.stdout.isatty():
+        raise ConfigError("watch needs a terminal (or --web PORT for a browser); for a plain list use cbam-tui runs, or read events.jsonl")
     raise typer.Exit(launch.watch(run))
+
+
+FORMAT = Annotated[str | None, typer.Option(
+    "--format", help="text, json or csv (default: text when stdout is not a terminal).", show_default=False)]
 
 
 @app.command("runs")
@@ -254,32 +274,43 @@ def runs(
     runs_root: RUNS_ROOT = Path("runs"),
     prune: Annotated[str | None, typer.Option(help="failed: remove the runs that failed before their first epoch.")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="With --prune: do not ask.")] = False,
+    fmt: FORMAT = None,
 ) -> None:
     """List the runs: state (a dead process is told apart), stage, epoch, best accuracy, start, duration, and why
-    a run failed."""
-    from core.rundir import list_runs
-    from tui.runs_view import print_runs, prune_failed
+    a run failed; --format json or csv for a script."""
+    from core.runs import list_runs
+    from tui.formats import check_format, print_runs_as
+    from tui.runs_view import prune_failed
 
+    check_format(fmt)
     if prune is not None:
         if prune != "failed":
             raise ConfigError(f"--prune takes failed, not {prune!r}")
         raise typer.Exit(prune_failed(runs_root, yes))
-    print_runs(list_runs(runs_root))
+    print_runs_as(list_runs(runs_root), fmt or "text")
 
 
 @app.command("compare")
 def compare(
     run_dirs: Annotated[list[str], typer.Argument(help="Two or more runs (directories or names under --runs-root).")],
     runs_root: RUNS_ROOT = Path("runs"),
+    fmt: FORMAT = None,
 ) -> None:
-    """Test accuracy and loss per epoch of several runs on one set of axes, with a table; live runs refresh."""
-    from core.rundir import resolve_run
+    """Test accuracy and loss per epoch of several runs on one set of axes, with a table; live runs refresh.
+    When stdout is not a terminal (or with --format), the table and the configuration values that differ,
+    as text, json or csv."""
+    from core.runs import resolve_run
+    from tui.formats import check_format
 
+    check_format(fmt)
     if len(run_dirs) < 2:
         raise ConfigError("compare needs at least two runs")
     paths = list(dict.fromkeys(resolve_run(r, runs_root) for r in run_dirs))
-    if not sys.stdout.isatty():
-        raise ConfigError("compare needs a terminal; cbam-tui runs lists runs as text")
+    if fmt is not None or not sys.stdout.isatty():
+        from core.comparison import read_compared
+        from tui.formats import print_comparison
+
+        raise typer.Exit(print_comparison([read_compared(p) for p in paths], fmt or "text"))
     from tui import launch
 
     raise typer.Exit(launch.compare(paths))
@@ -292,9 +323,10 @@ def export(
     png: Annotated[Path | None, typer.Option(help="Draw the loss and accuracy curves into this PNG file.")] = None,
     runs_root: RUNS_ROOT = Path("runs"),
 ) -> None:
-    """A run's numbers for other tools (needs pip install 'cbam-tui[export]')."""
+    """A run's numbers for other tools (needs the export extra: tensorboard, matplotlib). Exporting again replaces
+    the export's own files with the same content; any other file in the way is refused."""
     from core import export as writers
-    from core.rundir import resolve_run
+    from core.runs import resolve_run
 
     if tensorboard is None and png is None:
         raise ConfigError("export needs --tensorboard DIR, --png FILE or both")
@@ -302,8 +334,8 @@ def export(
     if png is not None and png.suffix.lower() != ".png":
         raise ConfigError(f"--png {png} must name a .png file")
     if tensorboard is not None:
-        count = writers.tensorboard(run, tensorboard)
-        print(f"cbam-tui: {count} scalars of {run.name} in {tensorboard} (tensorboard --logdir {tensorboard})")
+        count, written = writers.tensorboard(run, tensorboard)
+        print(f"cbam-tui: {count} scalars of {run.name} in {written} (tensorboard --logdir {tensorboard})")
     if png is not None:
         print(f"cbam-tui: {writers.png(run, png)} ({writers.PNG_INCHES[0] * writers.PNG_DPI:.0f}x"
               f"{writers.PNG_INCHES[1] * writers.PNG_DPI:.0f} pixels)")
@@ -315,16 +347,23 @@ def ctl(
     command: Annotated[str, typer.Argument(help="pause, resume, next, save, stop, lr or epochs.")],
     value: Annotated[str | None, typer.Argument(help="lr: a rate (3e-4) or a factor (x0.5); epochs: +N or -N.")] = None,
     group: Annotated[str | None, typer.Option(help="lr: change only this optimizer group's rate.")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run to take the command.")] = 30.0,
-    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the run has taken it.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run to take and apply the command.")] = 30.0,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the run has applied or refused it.")] = True,
     runs_root: RUNS_ROOT = Path("runs"),
 ) -> None:
     """Steer a running run from a shell or a script, as its dashboard keys do:
-    ctl RUN pause | resume | next | save | stop | lr 3e-4 [--group new] | lr x0.5 | epochs +2 | epochs -1"""
+    ctl RUN pause | resume | next | save | stop | lr 3e-4 [--group new] | lr x0.5 | epochs +2 | epochs -1
+
+    Waits until the run has applied the command and exits 0, or exits 1 with the run's
+    reason when it refused it (an unknown group, a rate or a stage length a resume would
+    not take)."""
     import math
     import os
 
-    from core.rundir import Command, resolve_run, send, wait_taken
+    from core.inbox import send, steer
+    from core.runs import resolve_run
+    from core.state import describe
+    from core.vocab import Command
 
     if command in ("lr", "epochs") and value is None:
         raise ConfigError(f"{command} needs a value: " + ("a rate (3e-4) or a factor (x0.5)" if command == "lr" else "+N or -N"))
@@ -332,15 +371,14 @@ def ctl(
     if not (math.isfinite(timeout) and 0 < timeout <= 86400):
         raise ConfigError("--timeout must be more than 0 and at most 86400 seconds")
     run = resolve_run(run_dir, runs_root)
-    sent = send(run, order, f"ctl pid {os.getpid()}")
+    origin = f"ctl pid {os.getpid()}"
     if not wait:
+        send(run, order, origin)
         print(f"cbam-tui: {order} queued for {run}")
         return
-    if not wait_taken(run, sent, timeout):
-        raise CbamError(
-            f"the run did not take {order} within {timeout:g} s (it reads commands between batches); withdrawn"
-        )
-    print(f"cbam-tui: {order} taken by {run}")
+    done = steer(run, order, origin, timeout)
+    said = describe(done) if command in ("lr", "epochs") else []
+    print(f"cbam-tui: {order} taken by {run}" + (f": {said[0]}" if said else ""))
 
 
 def _click_errors(name: str) -> tuple[type[BaseException], ...]:
@@ -372,20 +410,20 @@ def main() -> None:
         ctx = getattr(exc, "ctx", None)
         hint = f" (see cbam-tui {ctx.info_name} --help)" if ctx is not None and ctx.parent is not None else ""
         _error(f"error: {exc.format_message()}{hint}")  # type: ignore[attr-defined]
-        sys.exit(2)
+        sys.exit(Exit.USAGE)
     except ABORTS:
-        sys.exit(130)
+        sys.exit(Exit.SIGINT)
     except CbamError as exc:
         _error(f"error: {exc}")
-        sys.exit(1)
+        sys.exit(Exit.ERROR)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # a bug, not bad input: still one line, and where the details are
         notes = "; ".join(getattr(exc, "__notes__", []))
         where = f" ({notes})" if notes else ""
         _error(f"internal error: {type(exc).__name__}: {exc}{where}")
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+        sys.exit(Exit.ERROR)
+    sys.exit(code if isinstance(code, int) else Exit.OK)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ from typing import TextIO
 from core.config import RunConfig
 from core.control import Control
 from core.events import Event, RunFailed
-from core.rundir import RunDir, StopReason
+from core.rundir import RunDir
 from core.state import describe
+from core.vocab import StopReason
 
 
 class Reporter:

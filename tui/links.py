@@ -23,9 +23,10 @@ from core.config import RunConfig
 from core.control import Control
 from core.errors import CbamError
 from core.events import Event
-from core.rundir import Command, StopReason
+from core.vocab import Command, StopReason
 
 OnEvent = Callable[[Event], None]
+UI_CORES = 1  # cores left free of torch's threads for the dashboard's own thread (bench/README.md)
 
 
 class Link(Protocol):
@@ -54,7 +55,7 @@ class InProcessLink:
 
         if self.config.resume:
             replay_history(Path(self.config.resume), on_event)
-        return Trainer(self.config, on_event, self.control).run()
+        return Trainer(self.config, on_event, self.control, cpu_reserve=UI_CORES).run()
 
     def send(self, command: Command) -> str:
         self.control.apply(command, "keys")
@@ -81,20 +82,26 @@ class DirectoryLink:
 
         self.run = run
         self.origin = f"watch pid {os.getpid()}"
+        self.on_gone: Callable[[], None] | None = None  # the run directory was deleted: the CLI leaves
         self._reason = StopReason.LEFT
         self._follower = Follower(run, lambda _event: None)
 
     def start(self, on_event: OnEvent) -> StopReason:
         self._follower.emit = on_event
         self._follower.run()
+        if self.gone and self.on_gone is not None:
+            self.on_gone()
         return self._reason
 
+    @property
+    def gone(self) -> bool:
+        return self._follower.gone
+
     def send(self, command: Command) -> str:
-        from core.rundir import send
+        from core.inbox import send
 
         status = self._follower.state.status
-        ended = status.lower() if status in ("FINISHED", "STOPPED", "FAILED") else None
-        send(self.run, command, self.origin, ended)
+        send(self.run, command, self.origin, status.word if status.ended else None)
         return f"{command} sent: the run takes it at its next batch"
 
     def stop(self, reason: StopReason) -> None:
@@ -124,15 +131,18 @@ class CompareLink:
 
 
 def replay_history(resume: Path, on_event: OnEvent) -> None:
-    """A resumed run's dashboard starts from the run's whole story, not a blank screen."""
-    from core.rundir import EventReader, open_run
+    """A resumed run's dashboard starts from the run's whole story, not a blank screen: folded
+    first (saying how far), then handed over in one piece, however long it is."""
+    from core.events import Replayed
+    from core.follow import replay
+    from core.rundir import home_of_checkpoint, open_run
 
-    if not resume.is_dir():
-        return
+    home = resume if resume.is_dir() else home_of_checkpoint(resume)  # --resume gives the checkpoint
+    if home is None:
+        return  # a lone checkpoint: its run starts a new directory, with no story yet
     try:
-        with open_run(resume) as run:
-            events = EventReader(run).read_all()
+        with open_run(home) as run:
+            history, lines, _ = replay(run, on_event)
     except (CbamError, OSError):
         return  # the trainer says what is wrong with it, in one sentence
-    for event, _ in events:
-        on_event(event)
+    on_event(Replayed(history, lines))

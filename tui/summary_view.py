@@ -25,7 +25,7 @@ def row_label(path: str, type_: str, is_cbam: bool) -> Text:
 
 
 def print_summary(
-    preset: str,
+    preset: str | None,
     plan_file: Path | None,
     new_lr_mult: float | None,
     frozen_bn: str | None,
@@ -53,17 +53,18 @@ def print_summary(
         indent = "" if r.depth == 0 else "│ " * (r.depth - 1) + "└─"
         tree.add_row(Text(indent) + row_label(r.path, r.type, r.is_cbam), shape_text(r.output_shape), f"{r.params:,}")
     console.print(tree)
-    console.print(f"Total params: {rows[0].params:,}   {CBAM_MARK} = CBAM block")
+    console.print(f"Total params: {rows[0].params:,}   Params size (MB): {rows[0].param_bytes / 1e6:,.2f}   "
+                  f"{CBAM_MARK} = CBAM block")
 
-    stages = Table(
-        title=f"Stage plan ({plan.label}; frozen BatchNorm: {plan.frozen_bn}; "
-        f"Adam moments at a stage switch: {plan.moments})",
+    stages = Table(  # names as Text: a plan's "[bold]" is shown, never taken for markup
+        title=Text(f"Stage plan ({plan.label}; frozen BatchNorm: {plan.frozen_bn}; "
+                   f"Adam moments at a stage switch: {plan.moments})"),
         title_justify="left",
     )
     stages.add_column("Module")
     for i, s in enumerate(plan.stages, 1):
         first, last = plan.epoch_range(i - 1)
-        stages.add_column(f"{i}. {s.name}\nepochs {first}-{last}" if s.epochs else f"{i}. {s.name}\nskipped")
+        stages.add_column(Text(f"{i}. {s.name}\nepochs {first}-{last}" if s.epochs else f"{i}. {s.name}\nskipped"))
     cells: dict[str, list[str]] = {name: [] for name in MODULES}
     for stage in plan.stages:
         lr_of = {id(p): g.lr for g, ps in assign_groups(model, stage) for p in ps}

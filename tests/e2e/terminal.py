@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -30,9 +31,12 @@ class Terminal:
     ) -> None:
         self.name = name
         self.exit_file = cwd / exit_file
+        # A tmux server of its own: one shared by parallel tests exits when its last session
+        # ends, and a test creating a session at that instant gets "server exited unexpectedly".
+        self.tmux = ["tmux", "-L", f"cbam-test-{os.getpid()}-{name}"]
         w, h = size
         created = subprocess.run(
-            ["tmux", "new-session", "-d", "-P", "-F", "#{pane_id} #{pane_pid}", "-s", name, "-x", str(w), "-y", str(h),
+            [*self.tmux, "new-session", "-d", "-P", "-F", "#{pane_id} #{pane_pid}", "-s", name, "-x", str(w), "-y", str(h),
              "-c", str(cwd),
              # COLUMNS and LINES, if the test process has them, would override the pane's size.
              f"unset COLUMNS LINES; TERM=xterm-256color {command}; echo EXIT=$? > {exit_file}; sleep 600",
@@ -46,10 +50,10 @@ class Terminal:
         self.closed = False
 
     def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.pane], capture_output=True, text=True).stdout
+        return subprocess.run([*self.tmux, "capture-pane", "-p", "-t", self.pane], capture_output=True, text=True).stdout
 
     def press(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.pane, *keys], check=True)
+        subprocess.run([*self.tmux, "send-keys", "-t", self.pane, *keys], check=True)
 
     def wait_for(self, found: Callable[[str], bool], timeout: float = 90.0) -> str:
         deadline = time.monotonic() + timeout
@@ -59,7 +63,7 @@ class Terminal:
                 return text
             if time.monotonic() > deadline:
                 size = subprocess.run(
-                    ["tmux", "display", "-p", "-t", self.pane, "#{window_width}x#{window_height}"],
+                    [*self.tmux, "display", "-p", "-t", self.pane, "#{window_width}x#{window_height}"],
                     capture_output=True, text=True,
                 ).stdout.strip()
                 raise AssertionError(f"{self.name}'s screen ({size}) never showed what was expected:\n{text}")
@@ -74,12 +78,10 @@ class Terminal:
         return int(self.exit_file.read_text().strip().removeprefix("EXIT="))
 
     def close(self) -> None:
-        """Kill this pane, once. Pane ids restart with the tmux server (it exits when its last
-        session ends), so a second kill by id could hit another test's pane: check the owner."""
+        """Kill the pane (its process gets SIGHUP, as when an SSH connection drops) and the
+        server that held it. The server is this terminal's own, so nothing else is touched."""
         if self.closed:
             return
         self.closed = True
-        owner = subprocess.run(["tmux", "display", "-p", "-t", self.pane, "#{session_name}"],
-                               capture_output=True, text=True).stdout.strip()
-        if owner == self.name:
-            subprocess.run(["tmux", "kill-pane", "-t", self.pane], capture_output=True)
+        subprocess.run([*self.tmux, "kill-pane", "-t", self.pane], capture_output=True)
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.terminal import CBAM_TUI, Terminal, needs_tmux
+from tests.e2e.terminal import CBAM_TUI, Terminal, gone, needs_tmux
+from tests.helpers import wait_for
 
 pytestmark = [needs_tmux, pytest.mark.slow]
 
@@ -74,7 +75,8 @@ def test_a_detached_run_outlives_its_shell_and_is_steered_from_two_dashboards_an
         assert "pause taken" in ctl(run, "pause")
     finally:
         shell.close()  # the shell that started it is gone, as after a logout
-    time.sleep(1.0)
+    wait_for("the shell to exit", lambda: gone(shell.pid), 30)
+    # A run that took the shell's SIGHUP would stop with a run_stopped event; the run goes on.
     assert alive(pid), "the run died with the shell that started it"
 
     a = Terminal("cbam-watch-a", f"{CBAM_TUI} watch", (100, 30), tmp_path, "a-exit")  # the newest run

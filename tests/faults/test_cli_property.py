@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import tui.launch
 from tests.conftest import cli
-from tests.test_cli import run_flags
+from tests.helpers import run_flags
 
 VALUES = st.one_of(
     st.sampled_from(["", "0", "-1", "1", "3", "1e-3", "nan", "inf", "-5.5", "abc", "1,2", "1,2,3", "0,0,0",

@@ -10,7 +10,7 @@ import pytest
 
 from core import faults
 from core.events import RunFinished, RunStopped, SaveFailed
-from core.rundir import StopReason
+from core.vocab import StopReason
 from tests.conftest import cli, tiny_config, train
 
 

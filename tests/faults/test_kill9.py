@@ -15,11 +15,12 @@ import torch
 
 from core.control import Control
 from core.plan import PlanOptions
-from core.rundir import StopReason
+from core.vocab import StopReason
 from tests.conftest import tiny_config, train
 
 pytestmark = pytest.mark.slow
 PLAN = PlanOptions(stage_epochs="1,1,1", lrs="1e-2,1e-3,1e-3")
+IMAGES = 24  # 3 batches of 8 per epoch: a stop mid-epoch 1, then every epoch end, at half the compute of 6
 POINTS = [
     "epoch-end:before-best.pt", "write:best.pt", "rename:best.pt",  # the best checkpoint
     "epoch-end:before-last.pt", "write:last.pt", "rename:last.pt",  # the last checkpoint
@@ -47,7 +48,7 @@ def resume_until_killed(home: str, point: str) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
-    outcome, rec = train(tiny_config(tmp_path_factory.mktemp("ref"), plan_opts=PLAN))
+    outcome, rec = train(tiny_config(tmp_path_factory.mktemp("ref"), limit_train=IMAGES, plan_opts=PLAN))
     assert outcome == StopReason.FINISHED
     return torch.load(rec.run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
 
@@ -59,7 +60,7 @@ def test_kill_9_at_an_epoch_end_write_then_resume_gives_each_epoch_once(
     # A run stopped in epoch 1, so a checkpoint exists before the kill.
     control = Control()
     outcome, rec = train(
-        tiny_config(tmp_path, plan_opts=PLAN),
+        tiny_config(tmp_path, limit_train=IMAGES, plan_opts=PLAN),
         lambda e: control.stop(StopReason.QUIT) if e.kind == "batch_logged" and e.global_step == 2 else None,
         control,
     )

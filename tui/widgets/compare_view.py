@@ -4,52 +4,59 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
+from textual_plotext.plot import Plot as Figure
 
+from core.comparison import from_state
 from core.rundir import EventReader, open_run, probe_owner
+from core.runs import summarize
 from core.safefs import Dir
-from core.state import RunState, fmt_seconds
-from tui.widgets.curves import CachedPlot
+from core.state import RunState
+from tui.widgets.curves import Plot
 
 REFRESH_S = 1.0
 
 
 class Tracked:
-    """One run being compared: its directory held open, its events folded as they come."""
+    """One run being compared: its directory held open, its light state (epochs, plan, status:
+    no curves or maps) taken from its index and the lines after it, then folded as they come."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.dir: Dir = open_run(path)
-        self.reader = EventReader(self.dir)
-        self.state = RunState(keep_losses=False)
-        self.live = False
+        self.live = probe_owner(self.dir).alive
+        summary = summarize(self.dir, final=not self.live)
+        self.reader: EventReader = summary.reader
+        self.state: RunState = summary.state
 
     def poll(self) -> bool:
         """Fold what is new; True when anything changed."""
         before = (self.state.version, self.live)
-        for event, t in self.reader.read(final=not self.live):
-            self.state.apply(event, t)
+        self.state.fold(self.reader.events(final=not self.live))
         self.live = probe_owner(self.dir).alive
         return (self.state.version, self.live) != before
 
 
-class CompareCurve(CachedPlot):
-    def __init__(self, metric: str, **kwargs: object) -> None:
+class CompareCurve(Plot):
+    def __init__(self, metric: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.metric = metric  # "acc" or "loss"
+        self.runs: list[Tracked] = []
 
-    def update_from(self, runs: list[Tracked]) -> None:
-        plt = self.plt
-        plt.clear_data()
-        plt.clear_figure()
+    def show(self, runs: list[Tracked]) -> None:
+        self.runs = runs
+        self.invalidate()
+
+    def draw(self, plt: Figure) -> None:
         plt.title("test accuracy % per epoch" if self.metric == "acc" else "test loss per epoch")
         switches: set[int] = set()
-        for run in runs:
+        for run in self.runs:
             epochs = run.state.epochs
             if epochs:
                 values = [e.test_acc if self.metric == "acc" else e.test_loss for e in epochs]
@@ -61,7 +68,6 @@ class CompareCurve(CachedPlot):
                     switches.add(first)
         for epoch in sorted(switches):
             plt.vertical_line(epoch - 0.5, color="gray")
-        self.replot()
 
 
 class CompareView(Vertical):
@@ -87,25 +93,16 @@ class CompareView(Vertical):
         changed = [run.poll() for run in self.runs]
         if force or any(changed):
             for curve in self.query(CompareCurve):
-                curve.update_from(self.runs)
+                curve.show(self.runs)
             self.query_one("#compare-table", Static).update(table(self.runs))
 
 
 def table(runs: list[Tracked]) -> Table:
+    from tui.formats import COMPARE_COLUMNS, compare_cells
+
     out = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("run", "state", "best test acc", "at epoch", "epochs", "img/s", "time"):
+    for column in COMPARE_COLUMNS:
         out.add_column(column, justify="left" if column in ("run", "state") else "right")
     for run in runs:
-        s = run.state
-        epochs = s.epochs
-        state = "running" if run.live and s.status not in ("FINISHED", "STOPPED", "FAILED") else s.status.lower()
-        if not run.live and s.status in ("RUNNING", "PAUSED", "EVALUATING", "LOADING", "STARTING"):
-            state = "dead"
-        out.add_row(
-            Text(run.path.name), state,
-            f"{s.best_acc:.2f}%" if s.best_acc is not None else "-", str(s.best_epoch or "-"),
-            f"{len(epochs)}/{s.started.total_epochs if s.started else '-'}",
-            f"{sum(e.images_per_second for e in epochs) / len(epochs):,.0f}" if epochs else "-",
-            fmt_seconds(sum(e.seconds for e in epochs)) if epochs else "-",
-        )
+        out.add_row(*(Text(cell) for cell in compare_cells(from_state(run.path, run.state, run.live))))
     return out

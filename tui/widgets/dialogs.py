@@ -10,8 +10,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
 from core.errors import ConfigError
-from core.rundir import Command
 from core.state import lr_text
+from core.vocab import Command
 
 
 class ConfirmScreen(ModalScreen[bool]):

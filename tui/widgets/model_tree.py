@@ -1,6 +1,7 @@
 """View 2: the model as torchinfo shows it: column headers, aligned columns, the CBAM
-blocks (◆, magenta) right after the layer they follow, and totals of trainable and
-frozen parameters for the current stage. Arrows move, enter or space opens a node."""
+blocks (◆, magenta) right after the layer they follow, and torchinfo's totals: trainable
+and frozen parameters for the current stage, and their size. Arrows move, enter or
+space opens a node."""
 
 from __future__ import annotations
 
@@ -39,11 +40,14 @@ def totals(state: RunState) -> Text:
     """torchinfo's totals, for the current stage."""
     if state.started is None:
         return Text("")
-    total = state.started.model_rows[0].params
+    root = state.started.model_rows[0]
+    total = root.params
     trainable = state.stage.row_trainable[0] if state.stage is not None and state.stage.row_trainable else 0
     out = Text(f"Total params: {total:,}  ·  ", style="bold")
     out.append(f"Trainable params: {trainable:,}", style="bold green")
     out.append(f"  ·  Non-trainable params: {total - trainable:,}", style="bold")
+    if root.param_bytes:  # runs recorded before the size was kept do not have it
+        out.append(f"  ·  Params size (MB): {root.param_bytes / 1e6:,.2f}", style="bold")
     if state.stage is not None:
         out.append(f"  (stage {state.stage.stage}: {state.stage.name})", style="dim")
     return out

@@ -5,47 +5,49 @@ from __future__ import annotations
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import ProgressBar, Static
+from textual.widgets import ProgressBar
 
-from core.state import EVALUATING, FAILED, LOADING, STARTING, RunState, fmt_seconds
+from core.state import RunState, fmt_seconds
+from core.vocab import Status
+from tui.widgets.text_panel import TextPanel
 
 
 class StagePanel(Vertical):
     def compose(self) -> ComposeResult:
-        yield Static(id="stage-title")
-        yield Static(id="stage-epoch")
+        yield TextPanel(id="stage-title")
+        yield TextPanel(id="stage-epoch")
         yield ProgressBar(total=1, show_eta=False, id="batch-progress")
-        yield Static(id="stage-speed")
-        yield Static(id="stage-left")
+        yield TextPanel(id="stage-speed")
+        yield TextPanel(id="stage-left")
 
     def update_from(self, state: RunState) -> None:
-        title = self.query_one("#stage-title", Static)
-        epoch = self.query_one("#stage-epoch", Static)
-        speed = self.query_one("#stage-speed", Static)
-        left_text = self.query_one("#stage-left", Static)
+        title = self.query_one("#stage-title", TextPanel)
+        epoch = self.query_one("#stage-epoch", TextPanel)
+        speed = self.query_one("#stage-speed", TextPanel)
+        left_text = self.query_one("#stage-left", TextPanel)
         bar = self.query_one("#batch-progress", ProgressBar)
-        if state.status in (STARTING, LOADING) or state.started is None:
-            title.update(Text(f"Loading: {state.loading}", style="bold"))
-            epoch.update(f"{state.loading_done:,}/{state.loading_total:,}" if state.loading_total else "")
+        if state.status in (Status.STARTING, Status.LOADING) or state.started is None:
+            title.show(Text(f"Loading: {state.loading}", style="bold"))
+            epoch.show(f"{state.loading_done:,}/{state.loading_total:,}" if state.loading_total else "")
             bar.update(total=max(state.loading_total, 1), progress=state.loading_done)
-            speed.update("")
-            left_text.update("")
+            speed.show("")
+            left_text.show("")
             return
         st = state.stage
         if st is None:
-            title.update("waiting for the first stage")
+            title.show("waiting for the first stage")
             return
-        title.update(Text(f"Stage {st.stage}/{st.num_stages} · {st.name}", style="bold"))
+        title.show(Text(f"Stage {st.stage}/{st.num_stages} · {st.name}", style="bold"))
         in_stage = f"{state.epoch - st.first_epoch + 1}/{st.last_epoch - st.first_epoch + 1} in stage"
         ev = state.evaluating
-        if state.status == EVALUATING and ev is not None:
-            epoch.update(
+        if state.status is Status.EVALUATING and ev is not None:
+            epoch.show(
                 Text.assemble(f"Epoch {state.epoch}/{st.total_epochs} · ",
                               (f"evaluating {ev.done:,}/{ev.total:,} test images", "bold yellow"))
             )
             bar.update(total=max(ev.total, 1), progress=ev.done)
         else:
-            epoch.update(f"Epoch {state.epoch}/{st.total_epochs} · {in_stage} · batch {state.batch}/{state.batches}")
+            epoch.show(f"Epoch {state.epoch}/{st.total_epochs} · {in_stage} · batch {state.batch}/{state.batches}")
             bar.update(total=max(state.batches, 1), progress=state.batch)
         text = f"{state.images_per_second:,.0f} img/s"
         if state.started.world_size > 1:
@@ -53,10 +55,10 @@ class StagePanel(Vertical):
         best = state.best_acc
         if best is not None:
             text += f" · best {best:.2f}% (epoch {state.best_epoch})"
-        speed.update(text)
+        speed.show(text)
         left = state.seconds_left()
-        if left is not None and state.status != FAILED:
+        if left is not None and state.status is not Status.FAILED:
             e, s, r = (fmt_seconds(v) for v in left)
-            left_text.update(f"left: epoch {e} · stage {s} · run {r}")  # wraps rather than cuts
+            left_text.show(f"left: epoch {e} · stage {s} · run {r}")  # wraps rather than cuts
         else:
-            left_text.update("")
+            left_text.show("")

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
 
 from core.state import RunState
+from core.vocab import Status
+from tui.widgets.text_panel import TextPanel
 
 STATE_STYLES = {
-    "LOADING": "bold black on yellow",
-    "RUNNING": "bold black on green",
-    "PAUSED": "bold black on yellow",
-    "STOPPING": "bold black on yellow",
-    "FINISHED": "bold black on cyan",
-    "STOPPED": "bold white on blue",
-    "FAILED": "bold white on red",
+    Status.LOADING: "bold black on yellow",
+    Status.RUNNING: "bold black on green",
+    Status.PAUSED: "bold black on yellow",
+    Status.STOPPING: "bold black on yellow",
+    Status.FINISHED: "bold black on cyan",
+    Status.STOPPED: "bold white on blue",
+    Status.FAILED: "bold white on red",
 }
 
 
-class StatusBar(Static):
+class StatusBar(TextPanel):
     def update_from(self, state: RunState) -> None:
         line = Text(f" {state.status} ", style=STATE_STYLES.get(state.status, "bold"))
         w = state.watching
@@ -33,4 +34,4 @@ class StatusBar(Static):
             line.append(f" · {s.dataset} · {device} · {s.precision} · plan {s.plan_label}")
         if state.message:  # why it paused itself, stopped or failed
             line.append(f"  {state.message}", style="bold yellow")
-        self.update(line)
+        self.show(line)

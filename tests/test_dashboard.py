@@ -1,0 +1,91 @@
+"""The dashboard's screen against its rules: a log line's look comes from its kind, never
+from its text, and nothing in tui/ writes the RunState except through the state itself."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from textual.app import App, ComposeResult
+
+from core.events import EpochEnded, StageStarted
+from tests.scripted import events
+from tui.widgets.loss_log import LineKind, LogLine, LossLog, log_lines, note
+
+TUI = Path(__file__).resolve().parents[1] / "tui"
+# Calls that change a list, dict or set in place.
+MUTATING = {"append", "extend", "insert", "remove", "pop", "clear", "update", "add", "discard", "setdefault",
+            "popitem", "sort", "reverse"}
+
+
+def test_an_events_log_lines_carry_the_kind_the_event_gives_them() -> None:
+    script = list(events(epochs=1))
+    stage = next(e for e in script if isinstance(e, StageStarted))
+    epoch = next(e for e in script if isinstance(e, EpochEnded))
+    banner, *details = log_lines(stage)
+    assert banner.kind == LineKind.BANNER and banner.text.startswith("=== Stage 1/3")
+    assert details and {line.kind for line in details} == {LineKind.TEXT}
+    assert [line.kind for line in log_lines(epoch)] == [LineKind.EPOCH]
+    assert note("cannot pause: the run has finished") == LogLine(LineKind.NOTE, "> cannot pause: the run has finished")
+
+
+class OneLog(App[None]):
+    def compose(self) -> ComposeResult:
+        yield LossLog(id="log")
+
+
+async def test_the_log_styles_a_line_by_its_kind_not_by_its_text() -> None:
+    app = OneLog()
+    async with app.run_test(size=(60, 6)) as pilot:
+        log = app.query_one(LossLog)
+        same = "=== Stage 1/3: warm up new modules (epochs 1-5) ==="
+        log.add_lines([LogLine(LineKind.BANNER, same), LogLine(LineKind.NOTE, same),
+                       LogLine(LineKind.EPOCH, "Epoch 1/50 done")])
+        await pilot.pause()
+        banner, noted, epoch = (log.render_line(y) for y in range(3))
+        assert any(s.style is not None and s.style.bold for s in banner)
+        assert not any(s.style is not None and s.style.bold for s in noted)  # the same words, another kind
+        assert any(s.style is not None and s.style.color is not None and s.style.color.name == "cyan" for s in epoch)
+
+
+def _names_state(node: ast.expr) -> bool:
+    """``state``, ``x.state`` or ``x.state.y[...]``: an expression reaching into a RunState."""
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        if isinstance(node, ast.Attribute) and node.attr == "state":
+            return True
+        node = node.value
+    return isinstance(node, ast.Name) and node.id == "state"
+
+
+def writes_into_state(source: str) -> list[int]:
+    """The lines of ``source`` that assign into a state's fields or change its containers in place."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        targets: list[ast.expr] = []
+        if isinstance(node, (ast.Assign, ast.Delete)):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in MUTATING
+              and _names_state(node.func.value)):
+            found.append(node.lineno)
+        for target in targets:
+            for part in ast.walk(target):
+                if isinstance(part, (ast.Attribute, ast.Subscript)) and _names_state(part.value):
+                    found.append(node.lineno)
+                    break
+    return sorted(found)
+
+
+def test_the_check_finds_a_write_into_the_state() -> None:
+    assert writes_into_state("self.state.status = 'PAUSED'\nself.app.state.version += 1\n") == [1, 2]
+    assert writes_into_state("state.epochs.append(e)\ndel state.attention[:3]\n") == [1, 2]
+    assert writes_into_state("state.apply(e)\nstate.expect('PAUSED')\nx = state.status\n") == []
+
+
+def test_nothing_in_tui_writes_into_the_run_state() -> None:
+    """The app folds events with RunState.apply and shows a command's effect with
+    RunState.expect; screens and widgets only read the state."""
+    writes = {str(path.relative_to(TUI)): lines for path in sorted(TUI.rglob("*.py"))
+              if (lines := writes_into_state(path.read_text()))}
+    assert writes == {}

@@ -1,0 +1,138 @@
+"""`compare` and `runs` as text, JSON and CSV when piped: the numbers, the configuration
+values that differ, and damaged runs told on stderr while the others still print."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from core.events import RunFinished
+from core.rundir import RunDir
+from tests.conftest import cli
+from tests.scripted import events
+
+SCRIPT = list(events(epochs=4, batches=4, log_every=2))
+
+
+def config(batch_size: int, lr: float) -> dict:
+    return {"batch_size": batch_size, "seed": 0, "dataset": "synthetic",
+            "plan": {"label": "default", "stages": [{"name": "warm up", "epochs": 4, "groups": [{"name": "new", "lr": lr}]}]}}
+
+
+def finished_run(root: Path, name: str, cfg: dict, epochs: int) -> Path:
+    """A finished run of ``epochs`` epochs (the scripted test accuracy rises every epoch)."""
+    cut = [i for i, e in enumerate(SCRIPT) if type(e).__name__ == "EpochEnded"][epochs - 1] + 1
+    run = RunDir.create_at(root / name)
+    run.write_config(cfg)
+    for e in [*SCRIPT[:cut], RunFinished(60.0, 61.0, 3, 12.0)]:
+        run.write(e)
+    run.close()
+    return run.path
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> tuple[Path, Path]:
+    root = tmp_path / "runs"
+    return finished_run(root, "fast", config(64, 1e-3), 4), finished_run(root, "slow", config(32, 3e-4), 2)
+
+
+def test_compare_piped_prints_the_table_and_the_config_that_differs(two, capsys) -> None:
+    a, b = two
+    code, out, err = cli(capsys, "compare", str(a), str(b))  # capsys: stdout is no terminal
+    assert code == 0 and err == "", err
+    lines = out.splitlines()
+    assert lines[0].split() == ["run", "state", "best", "test", "acc", "at", "epoch", "epochs", "img/s", "time"]
+    assert lines[2].split() == ["fast", "finished", "57.54%", "4", "4/50", "1,190", "2m48s"]
+    assert lines[3].split() == ["slow", "finished", "45.48%", "2", "2/50", "1,190", "1m24s"]
+    assert "differs: fast | slow" in lines
+    assert "  batch_size: 64 | 32" in lines
+    assert "  plan.stages.0.groups.0.lr: 0.001 | 0.0003" in lines
+    assert len(lines) == 7 and "seed" not in out and "dataset" not in out  # equal values are not listed
+    _, same, _ = cli(capsys, "compare", str(a), str(a.parent / "fast"), str(a), "--format", "text")
+    assert same.count("fast") == 1  # one run named twice is one row
+
+
+def test_compare_json_is_one_document_with_each_epoch(two, capsys) -> None:
+    a, _ = two
+    code, out, err = cli(capsys, "compare", str(a), "slow", "--runs-root", str(a.parent), "--format", "json")
+    assert code == 0 and err == "", err
+    doc = json.loads(out)
+    fast, slow = doc["runs"]
+    assert (fast["run"], fast["state"], fast["best_epoch"], fast["epochs_done"], fast["total_epochs"]) == (
+        "fast", "finished", 4, 4, 50)
+    assert fast["epochs"] == [1, 2, 3, 4] and slow["epochs"] == [1, 2]
+    assert fast["best_test_acc"] == pytest.approx(57.5428538) == fast["test_acc"][-1]
+    assert slow["test_loss"] == pytest.approx(fast["test_loss"][:2]) and fast["test_loss"][0] > fast["test_loss"][-1]
+    assert doc["differs"] == {"batch_size": [64, 32], "plan.stages.0.groups.0.lr": [1e-3, 3e-4]}
+
+
+def test_compare_csv_is_one_table_with_a_column_per_difference(two, capsys) -> None:
+    a, b = two
+    code, out, err = cli(capsys, "compare", str(a), str(b), "--format", "csv")
+    assert code == 0 and err == "", err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["run"] for r in rows] == ["fast", "slow"]
+    assert [r["batch_size"] for r in rows] == ["64", "32"]
+    assert [r["plan.stages.0.groups.0.lr"] for r in rows] == ["0.001", "0.0003"]
+    assert [r["epochs_done"] for r in rows] == ["4", "2"] and float(rows[1]["best_test_acc"]) == pytest.approx(45.4839452)
+    assert "seed" not in rows[0]
+
+
+def test_a_damaged_run_is_one_line_on_stderr_and_the_others_print(two, tmp_path: Path, capsys) -> None:
+    a, b = two
+    with open(b / "events.jsonl", "ab") as f:
+        f.write(b'{"event":"epoch_ended","stage":"\x1b[31m"}\n\xff\xfe garbage\n')
+    (b / "config.json").write_bytes(b"[1, 2")
+    gone = finished_run(tmp_path / "runs", "gone", config(64, 1e-3), 1)
+    (gone / "events.jsonl").unlink()
+    os.mkfifo(gone / "events.jsonl")
+    code, out, err = cli(capsys, "compare", str(a), str(b), str(gone))
+    assert code == 1  # one run could not be read at all
+    lines = out.splitlines()
+    assert lines[2].split()[:3] == ["fast", "finished", "57.54%"]
+    assert lines[3].split()[:3] == ["slow", "finished", "45.48%"]  # its valid lines still count
+    assert lines[4].split()[:2] == ["gone", "unreadable"]
+    notes = err.splitlines()
+    assert len(notes) == 2 and all(n.startswith("cbam-tui: ") for n in notes), err
+    assert "slow: cannot read" in notes[0] and "2 unreadable lines in events.jsonl" in notes[0]
+    assert notes[1].startswith("cbam-tui: gone: ") and "\x1b" not in err
+    assert "differs" not in out  # only one run's config could be read
+    code, out, _ = cli(capsys, "compare", str(a), str(gone), "--format", "json")
+    assert code == 1 and [r["state"] for r in json.loads(out)["runs"]] == ["finished", "unreadable"]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("fast", "slow", "--format", "xml"), "--format takes text, json or csv, not 'xml'"),
+        (("fast", "--format", "json"), "compare needs at least two runs"),
+        (("fast", "nosuch"), "nosuch is neither a run directory nor the name of a run under"),
+    ],
+)
+def test_bad_arguments_are_one_line(two, capsys, args: tuple[str, ...], said: str) -> None:
+    a, _ = two
+    code, out, err = cli(capsys, "compare", *args, "--runs-root", str(a.parent))
+    assert code != 0 and out == "" and len(err.splitlines()) == 1 and said in err, err
+
+
+def test_runs_takes_the_same_formats(two, capsys) -> None:
+    a, _ = two
+    root = str(a.parent)
+    code, out, _ = cli(capsys, "runs", "--runs-root", root, "--format", "json")
+    assert code == 0
+    listed = {r["run"]: r for r in json.loads(out)["runs"]}
+    assert set(listed) == {"fast", "slow"} and listed["fast"]["state"] == "finished"
+    assert listed["fast"]["epochs_done"] == 4 and listed["slow"]["best_acc"] == pytest.approx(45.4839452)
+    code, out, _ = cli(capsys, "runs", "--runs-root", root, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and {(r["run"], r["state"], r["epochs_done"]) for r in rows} == {
+        ("fast", "finished", "4"), ("slow", "finished", "2")}
+    code, out, _ = cli(capsys, "runs", "--runs-root", root)
+    assert code == 0 and out.splitlines()[0].split()[:2] == ["run", "state"] and "fast" in out
+    code, _, err = cli(capsys, "runs", "--runs-root", root, "--format", "yaml")
+    assert code == 1 and "--format takes text, json or csv" in err
