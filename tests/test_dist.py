@@ -4,12 +4,11 @@ launches real processes."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,39 +22,9 @@ from core.data import batch_indices, count_batches
 from core.events import BatchLogged, RunStarted
 from core.model import build_model
 from core.plan import PlanOptions
-from core.rundir import StopReason
+from core.vocab import StopReason
 from tests.conftest import tiny_config, train
-
-CBAM_TUI = str(Path(sys.executable).with_name("cbam-tui"))
-COMMON = [
-    "--dataset", "synthetic", "--weights", "none", "--device", "cpu", "--precision", "fp32",
-    "--log-every", "2", "--headless", "--lrs", "1e-2,1e-3,1e-3",
-]
-
-
-def cbam(cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CBAM_TUI, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def events(run: Path) -> list[dict[str, Any]]:
-    path = run / "events.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def of(run: Path, kind: str) -> list[dict[str, Any]]:
-    return [e for e in events(run) if e["event"] == kind]
-
-
-def wait_for(what: str, found: Any, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = found()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"never saw {what}")
+from tests.helpers import CBAM_TUI, COMMON, cbam, of, wait_for
 
 
 def rank_pid(launcher: int, rank: int) -> int:
@@ -158,7 +127,7 @@ def test_ctl_reaches_every_rank_at_one_step_a_dead_rank_stops_the_group_and_the_
 @pytest.mark.slow
 def test_sigusr1_to_the_launcher_checkpoints_every_rank_and_asks_for_a_requeue(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = ["run", *COMMON, "--image-size", "8", "--limit-train", "512", "--limit-test", "16", "--batch-size", "8",
+    args = ["run", *COMMON, "--image-size", "8", "--limit-train", "256", "--limit-test", "16", "--batch-size", "8",
             "--stage-epochs", "1,0,1", "--run-dir", str(run), "--nproc-per-node", "2"]
     launcher = subprocess.Popen([CBAM_TUI, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
@@ -170,7 +139,7 @@ def test_sigusr1_to_the_launcher_checkpoints_every_rank_and_asks_for_a_requeue(t
         launcher.kill()
     assert launcher.returncode == StopReason.SIGUSR1.exit_code == 75, err
     (stopped,) = of(run, "run_stopped")
-    assert stopped["reason"] == "SIGUSR1" and stopped["checkpoint"] and 0 < stopped["batch"] < 32
+    assert stopped["reason"] == "SIGUSR1" and stopped["checkpoint"] and 0 < stopped["batch"] < 16
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert (saved["world_size"], saved["global_batch"]) == (2, 16)
     assert saved["sums"]["seen"] == stopped["batch"] * 16  # both ranks' images, counted once
@@ -208,11 +177,9 @@ def test_a_resume_with_another_global_batch_trains_the_rest_of_the_epoch_once(tm
     outcome, rec = train(tiny_config(tmp_path, plan_opts=plan, log_every=1), stop_after_three, control)
     assert outcome == StopReason.COMMAND
     path = rec.run_dir / "checkpoints" / "last.pt"
-    state = ckpt_mod.load(path)
-    assert state["position"]["batch"] == 3
-    state.update(global_batch=12, config=state["config"].to_dict(), history=[e.to_dict() for e in state["history"]])
-    state["sums"]["seen"] = 36
-    path.write_bytes(ckpt_mod.serialize(state))
+    saved = ckpt_mod.read(path)
+    assert saved.position.batch == 3
+    path.write_bytes(ckpt_mod.write(replace(saved, global_batch=12, sums=replace(saved.sums, seen=36))))
 
     outcome, rec = train(tiny_config(tmp_path, resume=str(rec.run_dir), plan_opts=plan, log_every=1))
     assert outcome == StopReason.FINISHED
@@ -240,15 +207,16 @@ def solo_group(tmp_path: Path) -> Any:
 
 def test_the_coordinator_applies_commands_in_order_at_the_exchange_and_never_before(solo_group: Any) -> None:
     from core.dist import Coordinator
-    from core.rundir import Command
+    from core.vocab import Command
 
     local = Control()
     coord = Coordinator(solo_group, local)
     coord.take(Command("pause"), "ctl pid 1")
-    coord.take(Command("lr", "x0.5"), "ctl pid 2")
+    coord.take(Command("lr", "x0.5", ref="00000000000000000001-2-lr"), "ctl pid 2")
     assert not coord.agreed.paused  # taken by rank 0's inbox, not yet applied anywhere
     commands, steps = coord.exchange(7)
     assert [c.verb for c, _ in commands] == ["pause", "lr"] and steps == (7,)
+    assert commands[1][0].ref == "00000000000000000001-2-lr"  # so that ctl finds what became of it
     assert coord.agreed.paused and [c.value for c, _ in coord.agreed.take_changes()] == ["x0.5"]
     local.stop(StopReason.SIGUSR1)  # a signal to this rank reaches the loop only through an exchange
     assert coord.agreed.stop_reason is None
@@ -282,3 +250,27 @@ def test_srun_tasks_become_ranks_and_torchrun_ranks_are_left_alone() -> None:
     alone = {"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "MASTER_ADDR": "n"}
     from_slurm(alone)  # one task: not a group
     assert "RANK" not in alone
+
+
+def test_the_watchdog_names_a_rank_that_joined_after_its_first_beat(monkeypatch) -> None:
+    """Rank 0 beats from the start; a slow rank 1 (a busy machine) joins later. The rank
+    it is told about must still carry its name and pid, not a bare "rank 1"."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from core.dist import Watchdog
+
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=10))
+    watchdog = Watchdog(0, 2, 60.0, "127.0.0.1", store.port)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    watchdog._store = dist.PrefixStore("cbam-tui//0-0/", store)
+    watchdog._beat_once()  # rank 1 has not joined: its count reads 0, no name yet
+    peer_store = dist.PrefixStore("cbam-tui//0-0/", store)
+    for key, value in (("who", "rank 1 (pid 4242 on node2, node 1)"), ("pid", "4242"), ("addr", "10.0.0.2")):
+        peer_store.set(f"{key}/1", value)
+    watchdog._beat_once()
+    assert watchdog.pid_of(1) == 4242
+    watchdog._contact = float("inf")  # the store answers; only the rank is judged
+    assert watchdog._judge(0.0, "is gone: no heartbeat for", left_too=True).startswith("rank 1 (pid 4242 on node2")
