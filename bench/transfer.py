@@ -112,7 +112,14 @@ def pretrain(data: Path, out: Path, image_size: int, epochs: int, limit: int | N
                     limit_test=limit // 5 if limit else None, cache_dir=str(cache), classes=SOURCE)
     split = load_data(spec)
     device = torch.device(where)
-    precision = resolve_precision("auto", device)
+    # torchvision's stem divides by 4 and layers 2-4 by 2 each: below 32x32 a stride-2 3x3
+    # conv of layer3 or layer4 gets a 1x1 map. On CPUs with native bf16 (oneDNN, torch 2.14),
+    # that conv's bf16 weight gradient is not reproducible: two identical steps differed by up
+    # to 7.6e11 against gradients of at most 0.17, so a stand-in sometimes left its one epoch
+    # with huge or non-finite weights and every fine-tune stopped at its first batch.
+    # cbam-tui's own model keeps maps of 2x2 or more there (its stem keeps the size; images
+    # are at least 8x8), so only the stand-in needs fp32 at these sizes.
+    precision = resolve_precision("auto", device) if image_size >= 32 else "fp32"
     split.train.images, split.train.labels = split.train.images.to(device), split.train.labels.to(device)
     split.test.images, split.test.labels = split.test.images.to(device), split.test.labels.to(device)
     torch.manual_seed(seed)

@@ -199,3 +199,26 @@ def test_bad_weights_files_are_one_sentence(tmp_path: Path, content: object, mat
 def test_weights_path_that_is_a_directory(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="directory"):
         build_model(10, str(tmp_path))
+
+
+def test_no_strided_conv_sees_a_one_pixel_map_at_the_smallest_image_size() -> None:
+    """On CPUs with native bf16, the bf16 weight gradient of a stride-2 3x3 conv on a 1x1 map
+    is not reproducible (oneDNN reads memory it never wrote: two identical steps differed by
+    up to 7.6e11); bench/transfer.py's stand-in met it at 8x8. cbam-tui's model must never
+    build that geometry at any image size a user may choose (8 to 512)."""
+    import typing
+
+    from core.config import RunConfig
+
+    smallest = typing.get_type_hints(RunConfig, include_extras=True)["image_size"].__metadata__[0].ge
+    model = build_model(10, "none")
+    seen: list[tuple[str, int]] = []
+    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: seen.append((name, args[0].shape[-1])))
+             for name, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.stride != (1, 1)
+             and m.kernel_size != (1, 1)]
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, smallest, smallest))
+    for hook in hooks:
+        hook.remove()
+    assert seen and all(size >= 2 for _, size in seen), seen
