@@ -285,7 +285,7 @@ def make_app(link: Link, stall_guard: bool = False) -> CbamApp:
     from tui.comparison import ComparisonScreen
     from tui.dashboard import DashboardScreen
 
-    main = ComparisonScreen(link.runs) if isinstance(link, CompareLink) else DashboardScreen()
+    main = ComparisonScreen(link.runs, link.metric) if isinstance(link, CompareLink) else DashboardScreen()
     app = CbamApp(link, main)
     app.stall_guard = stall_guard
     return app
