@@ -335,26 +335,31 @@ def compare(
 
 @app.command("export")
 def export(
-    run_dir: Annotated[str, typer.Argument(help=RUN_ARG_HELP)],
-    tensorboard: Annotated[Path | None, typer.Option(help="Write TensorBoard event files into this directory.")] = None,
-    png: Annotated[Path | None, typer.Option(help="Draw the loss and accuracy curves into this PNG file.")] = None,
+    run_dirs: Annotated[list[str], typer.Argument(help=RUN_ARG_HELP + " Several: overlaid.")],
+    tensorboard: Annotated[Path | None, typer.Option(help="Write TensorBoard event files into this directory (several runs: each into DIR/<run name>/).")] = None,
+    png: Annotated[Path | None, typer.Option(help="Draw the loss and accuracy curves into this PNG file (several runs: all in one figure).")] = None,
     runs_root: RUNS_ROOT = Path("runs"),
 ) -> None:
-    """A run's numbers for other tools (needs the export extra: tensorboard, matplotlib). Exporting again replaces
+    """Runs' numbers for other tools (needs the export extra: tensorboard, matplotlib). Exporting again replaces
     the export's own files with the same content; any other file in the way is refused."""
     from core import export as writers
     from core.runs import resolve_run
 
     if tensorboard is None and png is None:
         raise ConfigError("export needs --tensorboard DIR, --png FILE or both")
-    run = resolve_run(run_dir, runs_root)
+    runs = list(dict.fromkeys(resolve_run(r, runs_root) for r in run_dirs))
     if png is not None and png.suffix.lower() != ".png":
         raise ConfigError(f"--png {png} must name a .png file")
-    if tensorboard is not None:
-        count, written = writers.tensorboard(run, tensorboard)
-        print(f"cbam-tui: {count} scalars of {run.name} in {written} (tensorboard --logdir {tensorboard})")
+    if tensorboard is not None and len(runs) == 1:
+        count, written = writers.tensorboard(runs[0], tensorboard)
+        print(f"cbam-tui: {count} scalars of {runs[0].name} in {written} (tensorboard --logdir {tensorboard})")
+    elif tensorboard is not None:
+        for (count, written), run in zip(writers.tensorboard_runs(runs, tensorboard), runs, strict=True):
+            print(f"cbam-tui: {count} scalars of {run.name} in {written}")
+        print(f"cbam-tui: {len(runs)} runs side by side: tensorboard --logdir {tensorboard}")
     if png is not None:
-        print(f"cbam-tui: {writers.png(run, png)} ({writers.PNG_INCHES[0] * writers.PNG_DPI:.0f}x"
+        drawn = writers.png(runs[0], png) if len(runs) == 1 else writers.png_runs(runs, png)
+        print(f"cbam-tui: {drawn} ({writers.PNG_INCHES[0] * writers.PNG_DPI:.0f}x"
               f"{writers.PNG_INCHES[1] * writers.PNG_DPI:.0f} pixels)")
 
 

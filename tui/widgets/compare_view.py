@@ -98,6 +98,7 @@ class CompareCurve(Plot):
         positive = self.metric.partition("/")[0] in PER_GROUP  # rates and norms span decades: a log axis
         columns = max(self.size.width - 8, 10)
         switches: set[float] = set()
+        epochs: set[int] = set()
         drawn = False
         by_epoch = not is_line_metric(self.metric)
         for run in self.runs:
@@ -112,6 +113,8 @@ class CompareCurve(Plot):
             if xs:
                 plt.plot(xs, ys, label=run.path.name[-LABEL:], marker="braille")
                 drawn = True
+                if by_epoch:
+                    epochs.update(xs)
             if by_epoch and run.state.started is not None:
                 first = 1
                 for _, length in run.state.started.stages[:-1]:
@@ -121,6 +124,8 @@ class CompareCurve(Plot):
                 switches.update(step + 0.5 for step, _ in run.state.stage_steps[1:])
         if positive and drawn:
             plt.yscale("log")
+        if 0 < len(epochs) <= 10:
+            plt.xticks([float(e) for e in sorted(epochs)])  # whole epochs, not 1.25
         for x in sorted(switches):
             plt.vertical_line(x, color="gray")
 
