@@ -275,7 +275,7 @@ class CbamApp(App[int]):
         self.push_screen(ConfirmScreen("Stop training and quit? A checkpoint is saved first."), answer)
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(owns_run=self.link.leaving_stops_run))
+        self.push_screen(HelpScreen(owns_run=self.link.leaving_stops_run, compare=isinstance(self.link, CompareLink)))
 
 
 def make_app(link: Link, stall_guard: bool = False) -> CbamApp:
