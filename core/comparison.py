@@ -114,14 +114,15 @@ class LossLines:
 
     def series(self, name: str) -> Series:
         kind, _, group = name.partition("/")
+        at = {stage: names.index(group) for stage, names in self.groups.items() if group in names}  # its place
         xs: list[int] = []
         ys: list[float] = []
         for step, stage, loss, lrs, norms in self.points:
             if kind == "batch_loss":
                 value: float | None = loss
             else:
-                values = dict(zip(self.groups.get(stage, ()), lrs if kind == "lr" else norms, strict=False))
-                value = values.get(group)
+                values, i = lrs if kind == "lr" else norms, at.get(stage)
+                value = values[i] if i is not None and i < len(values) else None
             if value is not None and math.isfinite(value):
                 xs.append(step)
                 ys.append(float(value))

@@ -215,9 +215,9 @@ def test_a_resumed_run_has_each_step_once(tmp_path: Path, capsys) -> None:
         run.write(e)
     run.close()
     other = finished_run(tmp_path, "other", config(64, 1e-3), 2)
-    code, out, err = cli(capsys, "compare", str(run.path), str(other), "--metric", "batch_loss", "--format", "csv")
+    code, out, err = cli(capsys, "compare", str(run.path), str(other), "--metric", "batch_loss", "--format", "json")
     assert code == 0, err
-    rows = list(csv.DictReader(io.StringIO(out)))
+    resumed = json.loads(out)["runs"][0]["metrics"]["batch_loss"]
     logged = loss_lines()[:4]
-    assert [int(r["step"]) for r in rows] == [e.global_step for e in logged]  # each step once
-    assert [float(r["resumed"]) for r in rows] == pytest.approx([e.loss + (e.epoch == 2) for e in logged])
+    assert resumed["step"] == [e.global_step for e in logged]  # each step once
+    assert resumed["value"] == pytest.approx([e.loss + (e.epoch == 2) for e in logged])  # the redone ones
