@@ -92,11 +92,40 @@ def _need(module: str, what: str) -> Any:
 
 def tensorboard(run: Path, out: Path) -> tuple[int, Path]:
     """Write the run's scalars as one TensorBoard event file in ``out``; returns how many and the file."""
+    name, count, data = _event_file(run)
+    _write_events(out, name, data, subdirectories=False)
+    return count, out / name
+
+
+def tensorboard_runs(runs: list[Path], out: Path) -> list[tuple[int, Path]]:
+    """Several runs for TensorBoard to overlay: each one's event file in ``out/<run name>/``
+    (TensorBoard's runs are the directories under its logdir). Every run is read before
+    anything is written; returns how many scalars each has and its file."""
+    names = [run_name(run) for run in runs]
+    for name in names:
+        if names.count(name) > 1:
+            raise CbamError(f"--tensorboard {out}: two of the runs are named {name}, which would share "
+                            f"{out / name}: export them into different directories")
+    files = [_event_file(run) for run in runs]
+    _check_top(out)
+    written = []
+    for name, (file, count, data) in zip(names, files, strict=True):
+        _write_events(out / name, file, data, subdirectories=True)
+        written.append((count, out / name / file))
+    return written
+
+
+def run_name(run: Path) -> str:
+    """A run's directory's own name, never a path, safe as a file or directory name."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", run.resolve().name)
+
+
+def _event_file(run: Path) -> tuple[str, int, bytes]:
+    """The run's scalars as TensorBoard event records: the file's name, how many, its bytes."""
     event_pb2 = _need("tensorboard.compat.proto.event_pb2", "export --tensorboard")
     summary_pb2 = _need("tensorboard.compat.proto.summary_pb2", "export --tensorboard")
     record_writer = _need("tensorboard.summary.writer.record_writer", "export --tensorboard")
     state, per_class = read(run)
-    name = TB_PREFIX + re.sub(r"[^A-Za-z0-9._-]", "_", run.resolve().name)  # the directory's own name, never a path
     when = state.last_t or 0.0
     buffer = io.BytesIO()
     records = record_writer.RecordWriter(buffer)
@@ -122,17 +151,51 @@ def tensorboard(run: Path, out: Path) -> tuple[int, Path]:
     for epoch, accuracies in sorted(per_class.items()):
         for label, accuracy in zip(classes, accuracies, strict=False):
             scalar(f"accuracy_per_class/{label}", accuracy, epoch)
+    return TB_PREFIX + run_name(run), count, buffer.getvalue()
+
+
+def _write_events(out: Path, name: str, data: bytes, subdirectories: bool) -> None:
+    """``data`` as ``out/name``; refused where TensorBoard would show it merged with another
+    run's events, or (one run into ``out`` itself) beside runs exported into its subdirectories."""
 
     def others(d: Dir) -> None:
-        for entry in d.names():
+        for entry, st in d.entries():
             if "tfevents" in entry and entry != name:
                 raise CbamError(
                     f"{out} already holds the TensorBoard events of something else ({entry[:80]}), which TensorBoard "
                     "would show as one run with this one: export each run into a directory of its own"
                 )
+            if not subdirectories and stat.S_ISDIR(st.st_mode) and _holds_export(d, entry):
+                raise CbamError(
+                    f"{out} holds runs exported into its subdirectories ({entry[:80]}): this run's events at its top "
+                    "would be one more run beside them: export it with the others, or into another directory"
+                )
 
-    _write(out / name, buffer.getvalue(), "--tensorboard", lambda fd: True, others)
-    return count, out / name
+    _write(out / name, data, "--tensorboard", lambda fd: True, others)
+
+
+def _holds_export(d: Dir, entry: str) -> bool:
+    """Whether the subdirectory ``entry`` of ``d`` holds an event file that export wrote."""
+    try:
+        with d.sub(entry) as sub:
+            return any(n.startswith(TB_PREFIX) for n in sub.names())
+    except OSError:
+        return False
+
+
+def _check_top(out: Path) -> None:
+    """Several runs go into subdirectories: event files at the top would be one more run beside them."""
+    try:
+        where = Dir.open(out, follow=True)
+    except OSError:
+        return  # a missing directory is made; one that cannot be used is said when written
+    with where:
+        for entry in where.names():
+            if "tfevents" in entry:
+                raise CbamError(
+                    f"{out} holds TensorBoard events at its top ({entry[:80]}), which TensorBoard would show as one "
+                    "more run beside these: export several runs into a directory of their own"
+                )
 
 
 def png(run: Path, out: Path) -> Path:
@@ -144,9 +207,55 @@ def png(run: Path, out: Path) -> Path:
 
 def png_bytes(run: Path) -> bytes:
     """The same figures as PNG bytes, for a caller that writes them where it trusts."""
+    return _png(_figure(run))
+
+
+def png_runs(runs: list[Path], out: Path) -> Path:
+    """Several runs overlaid in one figure (as `compare` draws them), into the file ``out``,
+    under the same rules as `png`."""
+    _write(out, _png(_overlay(runs)), "--png", _is_our_png, lambda d: None)
+    return out
+
+
+def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
-    _figure(run).savefig(buf, format="png", metadata={"Software": SOFTWARE})
+    fig.savefig(buf, format="png", metadata={"Software": SOFTWARE})
     return buf.getvalue()
+
+
+def _overlay(runs: list[Path]) -> Any:
+    """Loss and accuracy per epoch of every run, one colour each: test solid, train dashed;
+    each run's stage switches dotted in its colour. Every run is read before anything is drawn."""
+    _need("matplotlib", "export --png")
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    states = [(run, read(run)[0]) for run in runs]
+    fig = Figure(figsize=PNG_INCHES, dpi=PNG_DPI)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    fig.suptitle(f"{len(runs)} runs: test (solid) and train (dashed) per epoch")
+    for i, (run, state) in enumerate(states):
+        colour = f"C{i % 10}"
+        name = state.started.run_name if state.started else run.name
+        best = f"{state.best_acc:.2f}% (epoch {state.best_epoch})" if state.best_acc is not None else "-"
+        epochs = [e.epoch for e in state.epochs]
+        steps_per_epoch = state.started.batches_per_epoch if state.started else 1
+        for ax, train, test in ((loss_ax, [e.train_loss for e in state.epochs], [e.test_loss for e in state.epochs]),
+                                (acc_ax, [e.train_acc for e in state.epochs], [e.test_acc for e in state.epochs])):
+            ax.plot(epochs, test, "s-", color=colour, label=f"{name}: best {best}")
+            ax.plot(epochs, train, "o--", color=colour, alpha=0.6)
+            for step, _ in state.stage_steps[1:]:
+                ax.axvline(step / steps_per_epoch, ls=":", color=colour, lw=1)
+    for ax, title, label in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy %")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, not 1.25
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def _figure(run: Path) -> Any:

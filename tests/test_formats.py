@@ -136,3 +136,88 @@ def test_runs_takes_the_same_formats(two, capsys) -> None:
     assert code == 0 and out.splitlines()[0].split()[:2] == ["run", "state"] and "fast" in out
     code, _, err = cli(capsys, "runs", "--runs-root", root, "--format", "yaml")
     assert code == 1 and "--format takes text, json or csv" in err
+
+
+# --- compare --metric -------------------------------------------------------------------
+
+
+def loss_lines() -> list:
+    """The scripted run's loss lines (2 an epoch)."""
+    return [e for e in SCRIPT if type(e).__name__ == "BatchLogged"]
+
+
+def test_compare_metric_in_text_is_a_table_with_a_column_per_run(two, capsys) -> None:
+    a, b = two
+    code, out, err = cli(capsys, "compare", str(a), str(b), "--metric", "train_loss")
+    assert code == 0 and err == "", err
+    lines = out.splitlines()
+    at = lines.index("train_loss:")
+    assert lines[at + 1].split() == ["epoch", "fast", "slow"]
+    rows = [line.split() for line in lines[at + 3 :]]
+    epochs = [e for e in SCRIPT if type(e).__name__ == "EpochEnded"]
+    assert rows == [[str(e.epoch), f"{e.train_loss:.6g}", f"{e.train_loss:.6g}" if e.epoch <= 2 else "-"]
+                    for e in epochs[:4]]
+    assert "  batch_size: 64 | 32" in lines[:at]  # the table and the differences still come first
+
+
+def test_compare_metric_in_csv_is_the_one_table_by_step(two, capsys) -> None:
+    a, b = two
+    code, out, err = cli(capsys, "compare", str(a), str(b), "--metric", "lr/new", "--format", "csv")
+    assert code == 0 and err == "", err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(rows[0]) == ["step", "fast", "slow"]
+    logged = loss_lines()
+    assert [int(r["step"]) for r in rows] == [e.global_step for e in logged[:8]]
+    assert [float(r["fast"]) for r in rows] == pytest.approx([e.lrs[0] for e in logged[:8]])
+    assert [r["slow"] for r in rows][4:] == [""] * 4 and float(rows[3]["slow"]) == pytest.approx(logged[3].lrs[0])
+
+
+def test_compare_json_holds_every_scalar_or_the_one_asked_for(two, capsys) -> None:
+    a, b = two
+    code, out, err = cli(capsys, "compare", str(a), str(b), "--format", "json")
+    assert code == 0 and err == "", err
+    fast = json.loads(out)["runs"][0]
+    assert list(fast["metrics"]) == ["test_acc", "test_loss", "train_acc", "train_loss", "images_per_second",
+                                     "seconds", "batch_loss", "lr/new", "grad_norm/new"]
+    assert fast["metrics"]["test_acc"] == {"epoch": [1, 2, 3, 4], "value": fast["test_acc"]}
+    logged = loss_lines()[:8]
+    assert fast["metrics"]["batch_loss"]["step"] == [e.global_step for e in logged]
+    assert fast["metrics"]["grad_norm/new"]["value"] == pytest.approx([e.grad_norms[0] for e in logged])
+    code, out, _ = cli(capsys, "compare", str(a), str(b), "--format", "json", "--metric", "seconds")
+    doc = json.loads(out)
+    assert code == 0 and doc["metric"] == "seconds"
+    assert [r["metrics"] for r in doc["runs"]] == [{"seconds": {"epoch": [1, 2, 3, 4], "value": [42.0] * 4}},
+                                                  {"seconds": {"epoch": [1, 2], "value": [42.0] * 2}}]
+
+
+def test_an_unknown_metric_is_one_line_naming_them_and_exit_2(two, capsys) -> None:
+    a, b = two
+    for fmt in ((), ("--format", "csv")):
+        code, out, err = cli(capsys, "compare", str(a), str(b), "--metric", "acc\x1b[31m", *fmt)
+        assert code == 2 and out == "" and len(err.splitlines()) == 1 and "\x1b" not in err, err
+        assert "no metric 'acc" in err and "test_acc, test_loss, train_acc" in err and "lr/new, grad_norm/new" in err
+
+
+def test_a_resumed_run_has_each_step_once(tmp_path: Path, capsys) -> None:
+    """A resume redoes the steps after its checkpoint: the loss lines of the first try past it are dropped."""
+    import msgspec
+
+    from core.events import BatchLogged, RunStarted
+
+    start = next(e for e in SCRIPT if isinstance(e, RunStarted))
+    cut = [i for i, e in enumerate(SCRIPT) if type(e).__name__ == "EpochEnded"][1] + 1
+    first_epoch_end = next(e for e in SCRIPT if type(e).__name__ == "EpochEnded")
+    again = msgspec.structs.replace(start, start_epoch=2, global_step=first_epoch_end.global_step, resumed_from="x")
+    redo = [e for e in SCRIPT[:cut] if isinstance(e, BatchLogged) and e.epoch == 2]
+    run = RunDir.create_at(tmp_path / "resumed")
+    run.write_config(config(64, 1e-3))
+    for e in [*SCRIPT[:cut], again, *[msgspec.structs.replace(e, loss=e.loss + 1) for e in redo]]:
+        run.write(e)
+    run.close()
+    other = finished_run(tmp_path, "other", config(64, 1e-3), 2)
+    code, out, err = cli(capsys, "compare", str(run.path), str(other), "--metric", "batch_loss", "--format", "json")
+    assert code == 0, err
+    resumed = json.loads(out)["runs"][0]["metrics"]["batch_loss"]
+    logged = loss_lines()[:4]
+    assert resumed["step"] == [e.global_step for e in logged]  # each step once
+    assert resumed["value"] == pytest.approx([e.loss + (e.epoch == 2) for e in logged])  # the redone ones

@@ -561,6 +561,128 @@ async def test_compare_refreshes_while_a_run_trains(tmp_path: Path) -> None:
     assert app.exit_code == 0
 
 
+def compared_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """Two finished runs whose configurations differ in the batch size and the first stage's rate."""
+    from core.events import RunFinished
+    from tests.scripted import events
+
+    script = list(events(epochs=4, batches=4, log_every=2))
+    a, _ = fake_run(tmp_path, "20260101-120000-bs64", [*script, RunFinished(60.0, 61.0, 3, 12.0)])
+    b, _ = fake_run(tmp_path, "20260101-130000-bs32", [*script[:-8], RunFinished(50.0, 52.0, 2, 10.0)])
+    for run, batch, lr in ((a, 64, 1e-3), (b, 32, 3e-4)):
+        (run / "config.json").write_text(json.dumps({"batch_size": batch, "seed": 0, "plan": {"stages": [
+            {"name": "warm up", "epochs": 5, "groups": [{"name": "new", "lr": lr}]}]}}))
+    return a, b
+
+
+def test_compare_shows_a_step_metric_and_the_config_that_differs(snap_compare, tmp_path: Path) -> None:
+    from tui.app import make_app
+    from tui.links import CompareLink
+
+    assert snap_compare(make_app(CompareLink(list(compared_pair(tmp_path)), "lr/new")), terminal_size=(110, 32))
+
+
+def on_screen(widget) -> str:
+    """What a Static shows, as plain text."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(widget.content)
+    return console.export_text()
+
+
+async def test_m_cycles_every_scalar_the_runs_recorded(tmp_path: Path) -> None:
+    from textual.widgets import Static
+
+    from tui.app import make_app
+    from tui.links import CompareLink
+    from tui.widgets.compare_view import CompareCurve, CompareView
+
+    app = make_app(CompareLink(list(compared_pair(tmp_path))))
+    async with app.run_test(size=(110, 32)) as pilot:
+        view, curve = app.query_one(CompareView), app.query_one(CompareCurve)
+        await until(pilot, lambda: "test accuracy % per epoch" in curve.text)
+        assert all(run.lines is None for run in view.runs)  # the loss lines are read only when shown
+        config = on_screen(app.query_one("#compare-config", Static))
+        assert "batch_size" in config and "plan.stages.0.groups.0.lr" in config and "seed" not in config
+        assert config.splitlines()[2].split() == ["plan.stages.0.groups.0.lr", "0.001", "0.0003"]
+        assert "m" in app.screen.active_bindings and "M" in app.screen.active_bindings  # in the footer
+        for want in ("test_loss", "train_acc", "train_loss", "images_per_second", "seconds", "batch_loss"):
+            await pilot.press("m")  # the next scalar
+            assert view.metric == want
+        await until(pilot, lambda: "train loss of each loss line per step" in curve.text)
+        assert all(run.lines is not None and run.series("batch_loss").x for run in view.runs)
+        assert "batch_loss" in on_screen(app.query_one("#status", Static))
+        await pilot.press("m", "m", "m")  # lr/new, grad_norm/new, and round to the first
+        assert view.metric == "test_acc"
+        await pilot.press("M")  # back: the last one
+        assert view.metric == "grad_norm/new"
+        await until(pilot, lambda: "gradient norm of new per step" in curve.text)
+        await pilot.press("q")
+    assert app.exit_code == 0
+
+
+# --- export several runs ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_finished(tmp_path: Path, finished_run: Path) -> tuple[Path, Path]:
+    import shutil
+
+    other = tmp_path / "runs" / "other"
+    shutil.copytree(finished_run, other)
+    return finished_run, other
+
+
+def test_exporting_several_runs_gives_each_its_directory_and_again_the_same_files(
+    tmp_path: Path, two_finished: tuple[Path, Path], capsys
+) -> None:
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    a, b = two_finished
+    tb, image = tmp_path / "tb", tmp_path / "both.png"
+    seen = []
+    for _ in range(2):
+        code, out, err = cli(capsys, "export", str(a), str(b), "--tensorboard", str(tb), "--png", str(image))
+        assert code == 0, err
+        seen.append(({str(p.relative_to(tb)): p.read_bytes() for p in tb.rglob("*") if p.is_file()},
+                     image.read_bytes()))
+    assert seen[0] == seen[1]  # the same files, the same bytes
+    assert sorted(seen[0][0]) == [f"{a.name}/events.out.tfevents.cbam-tui.{a.name}",
+                                  f"{b.name}/events.out.tfevents.cbam-tui.{b.name}"]
+    for run in (a, b):
+        acc = EventAccumulator(str(tb / run.name))
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("accuracy/test")] == [1, 2, 3]  # every point once
+    assert Image.open(image).size == (1600, 600) and f"tensorboard --logdir {tb}" in out
+
+
+def test_several_runs_are_not_mixed_with_one_run_in_one_directory(
+    tmp_path: Path, two_finished: tuple[Path, Path], capsys
+) -> None:
+    a, b = two_finished
+
+    def export(*args: str) -> tuple[int, str]:
+        code, _, err = cli(capsys, "export", *args)
+        assert err.count("\n") <= 1 and "internal error" not in err, err
+        return code, err
+
+    assert export(str(a), "--tensorboard", str(tmp_path / "one"))[0] == 0
+    code, err = export(str(a), str(b), "--tensorboard", str(tmp_path / "one"))
+    assert code == 1 and "holds TensorBoard events at its top" in err
+    assert export(str(a), str(b), "--tensorboard", str(tmp_path / "many"))[0] == 0
+    code, err = export(str(a), "--tensorboard", str(tmp_path / "many"))
+    assert code == 1 and "holds runs exported into its subdirectories" in err
+    import shutil
+
+    shutil.copytree(a, tmp_path / "copy" / a.name)
+    code, err = export(str(a), str(tmp_path / "copy" / a.name), "--tensorboard", str(tmp_path / "twins"))
+    assert code == 1 and f"two of the runs are named {a.name}" in err and not (tmp_path / "twins").exists()
+
+
 def test_the_install_hint_names_the_published_package_outside_a_source_tree(tmp_path: Path, monkeypatch) -> None:
     import core.export
 

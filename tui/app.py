@@ -275,7 +275,7 @@ class CbamApp(App[int]):
         self.push_screen(ConfirmScreen("Stop training and quit? A checkpoint is saved first."), answer)
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen(owns_run=self.link.leaving_stops_run))
+        self.push_screen(HelpScreen(owns_run=self.link.leaving_stops_run, compare=isinstance(self.link, CompareLink)))
 
 
 def make_app(link: Link, stall_guard: bool = False) -> CbamApp:
@@ -285,7 +285,7 @@ def make_app(link: Link, stall_guard: bool = False) -> CbamApp:
     from tui.comparison import ComparisonScreen
     from tui.dashboard import DashboardScreen
 
-    main = ComparisonScreen(link.runs) if isinstance(link, CompareLink) else DashboardScreen()
+    main = ComparisonScreen(link.runs, link.metric) if isinstance(link, CompareLink) else DashboardScreen()
     app = CbamApp(link, main)
     app.stall_guard = stall_guard
     return app

@@ -290,15 +290,26 @@ def runs(
     print_runs_as(list_runs(runs_root), fmt or "text")
 
 
+METRIC_HELP = (
+    "The scalar drawn (m/M on screen cycle it) and printed: per epoch test_acc (default), test_loss, train_acc, "
+    "train_loss, images_per_second, seconds; by step batch_loss (each loss line's train loss), lr/GROUP, "
+    "grad_norm/GROUP. Piped: a table of it after the others (text), the only table (csv), or the only one of "
+    "each run's metrics (json, which holds them all without --metric)."
+)
+
+
 @app.command("compare")
 def compare(
     run_dirs: Annotated[list[str], typer.Argument(help="Two or more runs (directories or names under --runs-root).")],
     runs_root: RUNS_ROOT = Path("runs"),
+    metric: Annotated[str | None, typer.Option(help=METRIC_HELP, show_default=False)] = None,
     fmt: FORMAT = None,
 ) -> None:
-    """Test accuracy and loss per epoch of several runs on one set of axes, with a table; live runs refresh.
-    When stdout is not a terminal (or with --format), the table and the configuration values that differ,
-    as text, json or csv."""
+    """Any scalar the runs recorded (test accuracy first) on one set of axes, with a table of each run's best and
+    the configuration values that differ; live runs refresh. When stdout is not a terminal (or with --format), the
+    table and the configuration values that differ, as text, json or csv."""
+    from core.comparison import DEFAULT_METRIC, is_line_metric, metric_names, read_compared
+    from core.events import clean_text
     from core.runs import resolve_run
     from tui.formats import check_format
 
@@ -306,38 +317,49 @@ def compare(
     if len(run_dirs) < 2:
         raise ConfigError("compare needs at least two runs")
     paths = list(dict.fromkeys(resolve_run(r, runs_root) for r in run_dirs))
-    if fmt is not None or not sys.stdout.isatty():
-        from core.comparison import read_compared
+    piped = fmt is not None or not sys.stdout.isatty()
+    lines = piped and (is_line_metric(metric) if metric is not None else fmt == "json")
+    found = [read_compared(p, lines) for p in paths]
+    names = metric_names(g for r in found for g in r.groups)
+    if metric is not None and metric not in names:
+        raise typer.BadParameter(f"no metric {clean_text(metric)!r}; these runs have {', '.join(names)}",
+                                 param_hint="--metric")
+    if piped:
         from tui.formats import print_comparison
 
-        raise typer.Exit(print_comparison([read_compared(p) for p in paths], fmt or "text"))
+        raise typer.Exit(print_comparison(found, fmt or "text", metric))
     from tui import launch
 
-    raise typer.Exit(launch.compare(paths))
+    raise typer.Exit(launch.compare(paths, metric or DEFAULT_METRIC))
 
 
 @app.command("export")
 def export(
-    run_dir: Annotated[str, typer.Argument(help=RUN_ARG_HELP)],
-    tensorboard: Annotated[Path | None, typer.Option(help="Write TensorBoard event files into this directory.")] = None,
-    png: Annotated[Path | None, typer.Option(help="Draw the loss and accuracy curves into this PNG file.")] = None,
+    run_dirs: Annotated[list[str], typer.Argument(help=RUN_ARG_HELP + " Several: overlaid.")],
+    tensorboard: Annotated[Path | None, typer.Option(help="Write TensorBoard event files into this directory (several runs: each into DIR/<run name>/).")] = None,
+    png: Annotated[Path | None, typer.Option(help="Draw the loss and accuracy curves into this PNG file (several runs: all in one figure).")] = None,
     runs_root: RUNS_ROOT = Path("runs"),
 ) -> None:
-    """A run's numbers for other tools (needs the export extra: tensorboard, matplotlib). Exporting again replaces
+    """Runs' numbers for other tools (needs the export extra: tensorboard, matplotlib). Exporting again replaces
     the export's own files with the same content; any other file in the way is refused."""
     from core import export as writers
     from core.runs import resolve_run
 
     if tensorboard is None and png is None:
         raise ConfigError("export needs --tensorboard DIR, --png FILE or both")
-    run = resolve_run(run_dir, runs_root)
+    runs = list(dict.fromkeys(resolve_run(r, runs_root) for r in run_dirs))
     if png is not None and png.suffix.lower() != ".png":
         raise ConfigError(f"--png {png} must name a .png file")
-    if tensorboard is not None:
-        count, written = writers.tensorboard(run, tensorboard)
-        print(f"cbam-tui: {count} scalars of {run.name} in {written} (tensorboard --logdir {tensorboard})")
+    if tensorboard is not None and len(runs) == 1:
+        count, written = writers.tensorboard(runs[0], tensorboard)
+        print(f"cbam-tui: {count} scalars of {runs[0].name} in {written} (tensorboard --logdir {tensorboard})")
+    elif tensorboard is not None:
+        for (count, written), run in zip(writers.tensorboard_runs(runs, tensorboard), runs, strict=True):
+            print(f"cbam-tui: {count} scalars of {run.name} in {written}")
+        print(f"cbam-tui: {len(runs)} runs side by side: tensorboard --logdir {tensorboard}")
     if png is not None:
-        print(f"cbam-tui: {writers.png(run, png)} ({writers.PNG_INCHES[0] * writers.PNG_DPI:.0f}x"
+        drawn = writers.png(runs[0], png) if len(runs) == 1 else writers.png_runs(runs, png)
+        print(f"cbam-tui: {drawn} ({writers.PNG_INCHES[0] * writers.PNG_DPI:.0f}x"
               f"{writers.PNG_INCHES[1] * writers.PNG_DPI:.0f} pixels)")
 
 

@@ -84,11 +84,11 @@ def watch(run: Path) -> int:
     return app.exit_code
 
 
-def compare(runs: list[Path]) -> int:
+def compare(runs: list[Path], metric: str) -> int:
     from tui.app import make_app
     from tui.links import CompareLink
 
-    link = CompareLink(runs)
+    link = CompareLink(runs, metric)
     app = make_app(link, stall_guard=True)
     with stop_on_signals(app.stop_signal):
         app.run()

@@ -115,8 +115,9 @@ class CompareLink:
 
     leaving_stops_run = False
 
-    def __init__(self, runs: list[Path]) -> None:
+    def __init__(self, runs: list[Path], metric: str = "test_acc") -> None:
         self.runs = runs
+        self.metric = metric  # the scalar drawn first
         self._left = threading.Event()
 
     def start(self, on_event: OnEvent) -> StopReason:

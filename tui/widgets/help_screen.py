@@ -36,6 +36,12 @@ VIEW_KEYS = (
     ("?", "this help"),
     ("escape", "close a dialog"),
 )
+COMPARE_KEYS = (
+    ("m / M", "the next / previous scalar the runs recorded: per epoch, or by step at each loss line"),
+    ("q / ctrl+c", "leave: the runs go on"),
+    ("?", "this help"),
+    ("escape", "close a dialog"),
+)
 MARKS = (
     ("*", "a module the pretrained weights do not provide (stem conv, CBAM blocks, fc)"),
     ("▸", "a module whose state or learning rate changed at the last stage switch"),
@@ -56,12 +62,14 @@ def _table(rows: tuple[tuple[str, str], ...]) -> Table:
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close")]
 
-    def __init__(self, owns_run: bool = True) -> None:
+    def __init__(self, owns_run: bool = True, compare: bool = False) -> None:
         super().__init__()
-        self.keys = (OWN_KEYS if owns_run else ATTACHED_KEYS) + VIEW_KEYS
+        self.keys = COMPARE_KEYS if compare else (OWN_KEYS if owns_run else ATTACHED_KEYS) + VIEW_KEYS
+        self.marks = () if compare else MARKS
 
     def compose(self) -> ComposeResult:
         note = Text("Keys that cannot act now are left out of the footer.")
+        marks = (_table(self.marks), Text()) if self.marks else ()
         with Vertical(id="dialog"):
             yield Static("Keys", classes="dialog-title")
-            yield Static(Group(_table(self.keys), Text(), _table(MARKS), Text(), note))
+            yield Static(Group(_table(self.keys), Text(), *marks, note))
