@@ -231,7 +231,7 @@ class Trainer:
         s.model.train()
         if self.group is not None:
             s.step_model = self.group.wrap(s.model, s.config.compile)
-        self.emit(reporting.stage_started(s, si, groups, kept, self.global_step))
+        self.emit(reporting.stage_started(s, si, groups, self.base_lrs, kept, self.global_step))
 
     def _epoch(self, pos: Position) -> Ended | StopReason:
         """Train the epoch from ``pos`` (unless only its evaluation is left), then end it."""

@@ -28,6 +28,7 @@ from core.events import (
 from core.inbox import Inbox, send, wait_taken
 from core.plan import PlanOptions
 from core.schedule import factor
+from core.state import describe
 from core.vocab import Command, Status, StopReason
 from tests.conftest import cli, tiny_config, train
 from tests.helpers import Seen, fake_run, stopped_run, until
@@ -101,6 +102,10 @@ def test_a_live_rate_change_takes_the_next_batch_survives_a_resume_and_ends_with
     stage1 = [lrs for step, lrs in rates.items() if step <= 12]
     assert stage1 and all(lrs == (5e-3,) for lrs in stage1)  # the resumed run keeps the edited rate
     assert all(lrs == (1e-3, 1e-3) for step, lrs in rates.items() if step > 12)  # the next stage: its plan
+    resumed, nxt = second.of(StageStarted)  # each banner shows the rates in force, not the plan's
+    assert resumed.groups == (("new", 5e-3),) and {m.lr for m in resumed.modules if m.group} == {5e-3}
+    assert describe(resumed)[-1].startswith("    learning rates: new=5e-3 · ")
+    assert nxt.groups == (("new", 1e-3), ("layer3-4", 1e-3))
 
 
 def test_one_group_by_name_and_an_unknown_group(tmp_path: Path) -> None:
