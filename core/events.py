@@ -259,8 +259,8 @@ class EpochEnded(Event, frozen=True, tag="epoch_ended"):
     train_acc: float  # percent
     test_loss: float
     test_acc: float  # percent
-    seconds: float  # wall time of the epoch, evaluation included, pauses not
-    images_per_second: float  # training images per second of training time
+    seconds: float  # the epoch's time in every process that trained it: training (no pauses) and its test pass
+    images_per_second: float  # the epoch's training images per second of its training time, every process's
     best_acc: float
     global_step: int
 

@@ -109,9 +109,13 @@ def epoch_ended(
     return EpochEnded(
         si + 1, epoch, plan.total_epochs, epoch - first + 1, last - first + 1, ep.batch,
         sums.loss_sum / max(sums.seen, 1), 100.0 * sums.correct / max(sums.seen, 1), result.loss, result.accuracy,
-        ep.clock.elapsed(), (sums.seen - ep.first_seen) / ep.train_seconds if ep.train_seconds > 0 else 0.0,
+        ep.seconds_before + ep.clock.elapsed(), _rate(sums.seen - ep.untimed, ep.training_seconds()),
         max(best_acc, result.accuracy) if best_epoch else result.accuracy, global_step,
     )
+
+
+def _rate(images: int, seconds: float) -> float:
+    return images / seconds if images and seconds > 0 else 0.0
 
 
 def write_curves(rundir: RunDir) -> None:

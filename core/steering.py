@@ -64,7 +64,7 @@ class Steering:
                 if steer.stop_reason is not None:
                     return Order.STOP
                 if steer.take_save():
-                    self.t.saving.save(ep.here(), ep.meter.host(), "save")
+                    self.t.saving.save(ep.here(), ep.sums(), "save")
                 for command, origin in steer.take_changes():
                     self._change(command, origin, ep)
                 if steer.take_next_stage():

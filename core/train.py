@@ -240,8 +240,13 @@ class Trainer:
         continued = r is not None and self.global_step == r.global_step and pos == r.position
         sums = r.sums if continued and self.leader and r is not None else Sums()  # rank 0 holds the totals so far
         reduce, world = (self.group.sum, self.group.world) if self.group is not None else (None, 1)
-        self.epoch = EpochRun(pos, EpochMeter(s.device, sums, reduce, world), first_seen=sums.seen, batch=pos.batch)
+        self.epoch = EpochRun(
+            pos, EpochMeter(s.device, sums, reduce, world), seconds_before=sums.seconds or 0.0, first_seen=sums.seen,
+            untimed=sums.seen if sums.seconds is None else 0, batch=pos.batch,
+        )
         self.epoch.log_seen = r.sums.seen if continued and r is not None else 0
+        if pos.trained:
+            self.epoch.end_training()  # in an earlier process: only the test pass is left
         cut = pos.batch < self._batches(pos)
         if not pos.trained:
             outcome = self._train(self.epoch)
@@ -270,7 +275,7 @@ class Trainer:
         for b in range(ep.batch, n):
             order = self.steering.boundary(ep)
             if order is not None:
-                ep.train_seconds = ep.clock.elapsed()
+                ep.end_training()
                 return self.saving.stop(ep.here(), ep) if order is Order.STOP else Ended.CUT
             t0 = time.perf_counter()
             self.rates_at(si, epoch, b + offset // s.global_batch)
@@ -310,7 +315,7 @@ class Trainer:
                 t_drain = now
                 if not self._drain(ep, line):
                     return self.steering.on_nonfinite(ep)
-        ep.train_seconds = ep.clock.elapsed()
+        ep.end_training()
         return Ended.DONE
 
     def rates_at(self, si: int, epoch: int, batch: int) -> None:
@@ -349,7 +354,7 @@ class Trainer:
         if result is None:
             return self.saving.stop(trained, ep)
         maps = attention(s, self._attention_ids, si, epoch) if self.leader else None
-        record = reporting.epoch_ended(s, ep, ep.meter.host(), result, self.best_acc, self.best_epoch,
+        record = reporting.epoch_ended(s, ep, ep.sums(), result, self.best_acc, self.best_epoch,
                                        self.global_step)
         improved = result.accuracy > self.best_acc or self.best_epoch == 0
         best_before = self.best_acc, self.best_epoch
