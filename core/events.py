@@ -354,7 +354,7 @@ class RunFinished(Event, frozen=True, tag="run_finished"):
     final_acc: float
     best_acc: float
     best_epoch: int
-    seconds: float
+    seconds: float  # the run's time: every process's that took it, never the time it lay stopped
 
 
 class RunStopped(Event, frozen=True, tag="run_stopped"):

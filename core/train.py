@@ -209,7 +209,8 @@ class Trainer:
                 if outcome is Ended.CUT:
                     break
                 epoch += 1
-        self.emit(RunFinished(self.last_acc, self.best_acc, self.best_epoch, self._clock.elapsed()))
+        seconds = self.rundir.run_seconds() if self.rundir is not None else None  # every process's, if resumed
+        self.emit(RunFinished(self.last_acc, self.best_acc, self.best_epoch, seconds or self._clock.elapsed()))
         if self.rundir is not None:
             reporting.write_curves(self.rundir)
         return StopReason.FINISHED

@@ -218,6 +218,7 @@ def test_an_epoch_resumed_part_way_reports_its_whole_time_and_rate(tmp_path: Pat
     import time
 
     from core.checkpoint import read
+    from core.runs import inspect_run
 
     control = Control()
 
@@ -238,6 +239,10 @@ def test_an_epoch_resumed_part_way_reports_its_whole_time_and_rate(tmp_path: Pat
     row = next(csv.DictReader((first.run_dir / "metrics.csv").open()))
     assert (float(row["seconds"]), float(row["images_per_second"])) == (
         pytest.approx(epoch.seconds, abs=1e-3), pytest.approx(epoch.images_per_second, abs=0.1))
+    # The run's time is both processes', as `runs` lists it (not the last one's alone).
+    (finished,) = second.of(RunFinished)
+    assert finished.seconds > epoch.seconds and finished.seconds == pytest.approx(
+        inspect_run(first.run_dir).seconds, abs=0.1)
 
 
 @pytest.mark.parametrize("moments", ["keep", pytest.param("fresh", marks=SLOW)])
