@@ -51,6 +51,11 @@ def clean_text(text: str) -> str:
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
+def counted(n: int, noun: str, plural: str = "") -> str:
+    """``1 epoch``, ``2 epochs``, ``100,000 epochs`` (``plural`` where an s is not enough)."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 # --- plain records carried by events --------------------------------------------
 
 
@@ -312,6 +317,7 @@ class PlanChanged(Event, frozen=True, tag="plan_changed"):
     total_epochs: int
     note: str = ""  # when the change was cut to what is possible
     command_id: str = ""  # as in CommandTaken
+    change: int = 0  # the epochs asked for (+N or -N); 0 in logs written before it was kept
 
 
 class Watching(Event, frozen=True, tag="watching"):

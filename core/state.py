@@ -50,6 +50,7 @@ from core.events import (
     SystemSample,
     Watching,
     check,
+    counted,
     from_dict,
 )
 from core.vocab import Status
@@ -488,7 +489,7 @@ def describe(e: Event) -> list[str]:
         lines = [
             f"run {e.run_name} {head}{where}: {e.dataset}, {e.train_size} train / {e.test_size} test images, "
             f"{len(e.classes)} classes | {e.device}, {e.precision} | batch {e.batch_size}{world}, "
-            f"{e.batches_per_epoch} batches per epoch, {e.total_epochs} epochs",
+            f"{counted(e.batches_per_epoch, 'batch', 'batches')} per epoch, {counted(e.total_epochs, 'epoch')}",
             f"run directory: {e.run_dir}",
         ]
         if e.threads_why:
@@ -532,8 +533,9 @@ def describe(e: Event) -> list[str]:
         return [f"learning rates ({e.origin}): {', '.join(moved) or 'unchanged'}; the next stage starts from its plan"]
     if isinstance(e, PlanChanged):
         note = f" ({e.note})" if e.note else ""
-        return [f"stage {e.stage} now has {e.epochs} epochs (epochs {e.first_epoch}-{e.last_epoch}), "
-                f"the run {e.total_epochs}{note}"]
+        asked = f"{'+' if e.change > 0 else '-'}{counted(abs(e.change), 'epoch')}: now has" if e.change else "now has"
+        return [f"stage {e.stage} {asked} {counted(e.epochs, 'epoch')} (epochs {e.first_epoch}-{e.last_epoch}), "
+                f"the run {counted(e.total_epochs, 'epoch')}{note}"]
     if isinstance(e, Paused):
         return [f"paused at epoch {e.epoch}, batch {e.batch}" + ("" if e.reason == "user" else f": {e.reason}")]
     if isinstance(e, Resumed):

@@ -349,11 +349,13 @@ class Trainer:
         so after a kill at any instant a resume repeats no reported epoch."""
         s = self.setup
         si, epoch = ep.position.stage, ep.position.epoch
-        _, last = s.config.plan.epoch_range(si)
         trained = Position(si, epoch, ep.batch, True, ep.position.offset)
         result = evaluate(s, si, epoch, self.emit, self.steering.interrupted, self.group)
         if result is None:
             return self.saving.stop(trained, ep)
+        if not cut:
+            self.steering.at_epoch_end(ep)
+        _, last = s.config.plan.epoch_range(si)
         maps = attention(s, self._attention_ids, si, epoch) if self.leader else None
         record = reporting.epoch_ended(s, ep, ep.sums(), result, self.best_acc, self.best_epoch,
                                        self.global_step)
