@@ -281,6 +281,17 @@ def test_a_run_with_a_cut_metrics_line_and_garbage_resumes_to_one_row_per_epoch(
     assert [r.split(",")[1] for r in rows[1:]] == ["1", "2", "3"] and all(len(r.split(",")) == 10 for r in rows)
 
 
+def test_a_command_sent_as_its_run_ends_is_taken_back_at_once(tmp_path: Path, script: list, capsys) -> None:
+    path, held = fake_run(tmp_path, "ending", script[:3], hold=True)
+    assert held is not None
+    name = send(path, Command("pause"), "ctl pid 7")  # the run is live: queued
+    threading.Timer(0.2, held.close).start()  # then its process ends without taking it
+    began = time.monotonic()
+    with pytest.raises(RunDirError, match="is no longer running: the command was not taken; withdrawn"):
+        wait_taken(path, name, 30)
+    assert time.monotonic() - began < 5 and not list((path / "control").iterdir())
+
+
 def test_a_runs_duration_is_its_processes_time_not_the_time_it_lay_stopped(tmp_path: Path, script: list, capsys) -> None:
     from core.events import Loading
 
