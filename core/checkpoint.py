@@ -292,6 +292,9 @@ def _checked(ckpt: dict[str, Any], path: Path) -> Saved:
     if not (isinstance(sums, dict) and _is_num(sums.get("loss_sum")) and _is_int(sums.get("correct"))
             and _is_int(sums.get("seen"))):
         raise bad("its running sums are malformed")
+    seconds = sums.get("seconds")
+    if seconds is not None and not (_is_num(seconds) and seconds >= 0):
+        raise bad("its epoch's training time is not a number of seconds")
     for key in ("best_acc",):
         if not _is_num(ckpt.get(key)):
             raise bad(f"its {key} is not a number")
@@ -313,7 +316,7 @@ def _checked(ckpt: dict[str, Any], path: Path) -> Saved:
         model=model, optimizer=ckpt["optimizer"], optimizer_stage=ckpt["optimizer_stage"], scaler=ckpt.get("scaler"),
         config=_config(ckpt, path), classes=tuple(classes),
         position=Position(pos["stage"], pos["epoch"], pos["batch"], pos["trained"], pos.get("offset", 0)),
-        sums=Sums(float(sums["loss_sum"]), sums["correct"], sums["seen"]),
+        sums=Sums(float(sums["loss_sum"]), sums["correct"], sums["seen"], None if seconds is None else float(seconds)),
         best_acc=float(ckpt["best_acc"]), best_epoch=ckpt["best_epoch"], global_step=ckpt["global_step"],
         rng=ckpt["rng"], history=history, base_lrs=tuple(float(r) for r in rates),
         world_size=ckpt.get("world_size"), global_batch=ckpt.get("global_batch"),

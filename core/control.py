@@ -88,11 +88,13 @@ class Control:
             hit, self._save = self._save, False
             return hit
 
-    def take_changes(self) -> list[tuple[Command, str]]:
-        """The learning-rate and epoch changes asked for since the last call, with who asked."""
+    def take_changes(self, verb: str = "") -> list[tuple[Command, str]]:
+        """The learning-rate and epoch changes asked for since the last call (only ``verb``'s
+        when given, the others stay), with who asked."""
         with self._lock:
-            changes, self._changes = self._changes, []
-            return changes
+            taken = [c for c in self._changes if not verb or c[0].verb == verb]
+            self._changes = [c for c in self._changes if verb and c[0].verb != verb]
+            return taken
 
     def wait(self, timeout: float) -> None:
         """Block up to ``timeout`` s, or until any verb is called (at once if a request is pending)."""

@@ -51,6 +51,11 @@ def clean_text(text: str) -> str:
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
+def counted(n: int, noun: str, plural: str = "") -> str:
+    """``1 epoch``, ``2 epochs``, ``100,000 epochs`` (``plural`` where an s is not enough)."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 # --- plain records carried by events --------------------------------------------
 
 
@@ -259,8 +264,8 @@ class EpochEnded(Event, frozen=True, tag="epoch_ended"):
     train_acc: float  # percent
     test_loss: float
     test_acc: float  # percent
-    seconds: float  # wall time of the epoch, evaluation included, pauses not
-    images_per_second: float  # training images per second of training time
+    seconds: float  # the epoch's time in every process that trained it: training (no pauses) and its test pass
+    images_per_second: float  # the epoch's training images per second of its training time, every process's
     best_acc: float
     global_step: int
 
@@ -312,6 +317,7 @@ class PlanChanged(Event, frozen=True, tag="plan_changed"):
     total_epochs: int
     note: str = ""  # when the change was cut to what is possible
     command_id: str = ""  # as in CommandTaken
+    change: int = 0  # the epochs asked for (+N or -N); 0 in logs written before it was kept
 
 
 class Watching(Event, frozen=True, tag="watching"):
@@ -354,7 +360,7 @@ class RunFinished(Event, frozen=True, tag="run_finished"):
     final_acc: float
     best_acc: float
     best_epoch: int
-    seconds: float
+    seconds: float  # the run's time: every process's that took it, never the time it lay stopped
 
 
 class RunStopped(Event, frozen=True, tag="run_stopped"):

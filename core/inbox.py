@@ -209,11 +209,23 @@ def send(run_path: Path, command: Command, origin: str, ended: str | None = None
 RM_SETTLE_POLLS = 5  # 100 ms for a deletion under way to reach the inbox itself
 
 
+OWNER_POLLS = 25  # every half second, whether a process still holds the run to take it
+
+
 def wait_taken(run_path: Path, name: str, timeout: float) -> bool:
-    """True once the trainer has claimed command ``name``; False if it was taken back unclaimed."""
+    """True once the trainer has claimed command ``name``; False if it was taken back unclaimed.
+    RunDirError when the run's process ends first (the command is taken back)."""
     with open_run(run_path) as run, run.sub(CONTROL) as inbox:
         deadline = time.monotonic() + timeout
+        polls = 0
         while time.monotonic() < deadline:
+            polls += 1
+            if polls % OWNER_POLLS == 0 and not probe_owner(run).alive:
+                try:
+                    os.unlink(name, dir_fd=inbox.fd)
+                except FileNotFoundError:
+                    return True  # claimed as the run ended
+                raise RunDirError(f"{run_path} is no longer running: the command was not taken; withdrawn")
             if inbox.lstat(name) is None:
                 # Claimed, or the first file an rm -rf of the run took: its folders go a moment later.
                 for _ in range(RM_SETTLE_POLLS):

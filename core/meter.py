@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -27,9 +27,11 @@ class Sums:
     loss_sum: float = 0.0  # per-image losses added up
     correct: int = 0
     seen: int = 0
+    seconds: float | None = 0.0  # training time of the ``seen`` images, every process's; None: an older checkpoint's
 
     def to_dict(self) -> dict[str, float | int]:
-        return {"loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen}
+        kept = {"seconds": self.seconds} if self.seconds is not None else {}
+        return {"loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen, **kept}
 
 
 class EpochMeter:
@@ -102,15 +104,30 @@ class EpochRun:
 
     position: Position
     meter: EpochMeter
-    clock: Clock = field(default_factory=Clock)
-    train_seconds: float = 0.0  # training time only: no evaluation, no pauses
+    clock: Clock = field(default_factory=Clock)  # this process's time on the epoch, pauses left out
+    seconds_before: float = 0.0  # training time of the epoch in the processes before this one (its checkpoint's)
+    train_seconds: float | None = None  # the epoch's whole training time, once its training is over
     first_seen: int = 0  # images already counted when this process began the epoch
+    untimed: int = 0  # of those, the ones whose training time no checkpoint kept (an older one's)
     batch: int = 0  # batches done
     log_clock: Clock = field(default_factory=Clock)  # since the last loss line
     log_seen: int = 0
     grad_norms: torch.Tensor | None = None  # each group's, at the last loss line's batch (on the device)
     data_s: float = 0.0  # host time preparing batches, and in whole steps, since the last Progress
     step_s: float = 0.0
+
+    def training_seconds(self) -> float:
+        """The epoch's training time so far, over every process that trained it: no pauses,
+        no test pass."""
+        return self.train_seconds if self.train_seconds is not None else self.seconds_before + self.clock.elapsed()
+
+    def end_training(self) -> None:
+        self.train_seconds = self.training_seconds()
+
+    def sums(self) -> Sums:
+        """The running totals as a checkpoint keeps them, with their training time (in a group,
+        a collective: every rank calls it at the same step)."""
+        return replace(self.meter.host(), seconds=None if self.untimed else self.training_seconds())
 
     def here(self) -> Position:
         return Position(self.position.stage, self.position.epoch, self.batch, offset=self.position.offset)

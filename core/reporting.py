@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -42,20 +42,22 @@ def run_started(s: Setup, rundir: RunDir, start: Position, global_step: int) -> 
 
 
 def stage_started(
-    s: Setup, si: int, groups: list[tuple[Group, list[torch.nn.Parameter]]], kept: int, global_step: int,
+    s: Setup, si: int, groups: list[tuple[Group, list[torch.nn.Parameter]]], rates: list[float], kept: int,
+    global_step: int,
 ) -> StageStarted:
-    """Stage ``si`` (0-based) as its optimizer made it: which modules train, in which group, at what rate."""
+    """Stage ``si`` (0-based) as its optimizer made it: which modules train, in which group, at
+    what rate (``rates``: each group's base rate in force, a resumed live change included)."""
     plan = s.config.plan
-    group_of = {id(p): g for g, ps in groups for p in ps}
+    group_of = {id(p): (g.name, rate) for (g, ps), rate in zip(groups, rates, strict=True) for p in ps}
     trainable = {n: p.numel() for n, p in s.model.named_parameters() if p.requires_grad}
     first, last = plan.epoch_range(si)
     return StageStarted(
         stage=si + 1, num_stages=len(plan.stages), name=plan.stages[si].name, first_epoch=first,
         last_epoch=last, total_epochs=plan.total_epochs,
         modules=tuple(_module_state(s.model, name, group_of) for name in MODULES),
-        groups=tuple((g.name, g.lr) for g, _ in groups), trainable_params=sum(trainable.values()),
-        total_params=sum(p.numel() for p in s.model.parameters()), global_step=global_step,
-        kept_moments=kept,
+        groups=tuple((g.name, rate) for (g, _), rate in zip(groups, rates, strict=True)),
+        trainable_params=sum(trainable.values()), total_params=sum(p.numel() for p in s.model.parameters()),
+        global_step=global_step, kept_moments=kept,
         row_trainable=tuple(
             sum(n for name, n in trainable.items() if not row.path or name.startswith(row.path + "."))
             for row in s.rows
@@ -63,7 +65,7 @@ def stage_started(
     )
 
 
-def _module_state(model: torch.nn.Module, name: str, group_of: dict[int, Any]) -> ModuleState:
+def _module_state(model: torch.nn.Module, name: str, group_of: dict[int, tuple[str, float]]) -> ModuleState:
     path = MODULES[name]
     params = [p for _, p in module_parameters(model, path)]
     on = [p for p in params if p.requires_grad]
@@ -73,7 +75,7 @@ def _module_state(model: torch.nn.Module, name: str, group_of: dict[int, Any]) -
     modes = {"train" if m.training else "eval" for m in bns}
     bn_mode = None if not bns else modes.pop() if len(modes) == 1 else "mixed"
     return ModuleState(
-        name, path, trainable, group.lr if group else None, group.name if group else None,
+        name, path, trainable, group[1] if group else None, group[0] if group else None,
         sum(p.numel() for p in params), bn_mode, name in NEW_MODULES,
     )
 
@@ -107,9 +109,13 @@ def epoch_ended(
     return EpochEnded(
         si + 1, epoch, plan.total_epochs, epoch - first + 1, last - first + 1, ep.batch,
         sums.loss_sum / max(sums.seen, 1), 100.0 * sums.correct / max(sums.seen, 1), result.loss, result.accuracy,
-        ep.clock.elapsed(), (sums.seen - ep.first_seen) / ep.train_seconds if ep.train_seconds > 0 else 0.0,
+        ep.seconds_before + ep.clock.elapsed(), _rate(sums.seen - ep.untimed, ep.training_seconds()),
         max(best_acc, result.accuracy) if best_epoch else result.accuracy, global_step,
     )
+
+
+def _rate(images: int, seconds: float) -> float:
+    return images / seconds if images and seconds > 0 else 0.0
 
 
 def write_curves(rundir: RunDir) -> None:

@@ -551,15 +551,28 @@ class RunDir:
         start = time.monotonic()
         if not last and start < self._index_due:
             return
-        from core.runs import summarize, write_index  # the index is the listing's; it reads through here
+        from core.runs import write_index  # the index is the listing's; it reads through here
 
         with contextlib.suppress(OSError, ValueError):
-            if self._summary is None:
-                self._summary = summarize(self.dir)
-            else:
-                self._summary.state.fold(self._summary.reader.events())
-            write_index(self.dir, self._summary)
+            write_index(self.dir, self._folded())
         self._index_due = time.monotonic() + 100 * (time.monotonic() - start)
+
+    def run_seconds(self) -> float | None:
+        """The run's time to now, summed over the processes that took it (its events say; None
+        when they cannot be read)."""
+        with contextlib.suppress(OSError, ValueError):
+            return self._folded().state.run_seconds(time.time())
+        return None
+
+    def _folded(self) -> Summary:
+        """The light fold of events.jsonl, brought up to its end."""
+        from core.runs import summarize
+
+        if self._summary is None:
+            self._summary = summarize(self.dir)
+        else:
+            self._summary.state.fold(self._summary.reader.events())
+        return self._summary
 
     def _open_appending(self, name: str) -> int:
         fd = self.dir.append_fd(name)

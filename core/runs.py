@@ -45,7 +45,7 @@ from core.vocab import Status, judge
 # the lines after it. Anything else (absent, damaged, another file, a log cut shorter) and
 # the log is folded from its first line, which is always right, only slower.
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: a run's time is summed over its processes
 MAX_INDEX = 64 << 20
 _INDEX_TAIL = 4096
 LIGHT_SKIP = frozenset({"iter_losses", "attention", "class_accuracy"})  # a light fold keeps none of them
@@ -169,7 +169,7 @@ class RunInfo:
     epoch: str = "-"  # "7/50"
     best_acc: float | None = None
     started: float | None = None  # wall-clock seconds
-    seconds: float | None = None  # from the first event to the last, or to now while it runs
+    seconds: float | None = None  # each process's time on it, first event to last (to now while one runs)
     pid: int | None = None  # of the live owner
     message: str = ""  # why it stopped, failed or cannot be read
     bad_lines: int = 0  # lines of events.jsonl that are no valid event
@@ -191,7 +191,7 @@ def inspect_run(path: Path, follow: bool = True) -> RunInfo:
             resumable = has_checkpoint(run) and state.status is not Status.FINISHED
             if state.first_t is None:
                 st = run.lstat(EVENTS) or run.lstat(LOCK)
-                state.first_t = state.last_t = st.st_mtime if st else None
+                state.first_t = state.last_t = state.session_t = st.st_mtime if st else None
     except (RunDirError, OSError) as exc:
         message = str(exc) if isinstance(exc, RunDirError) else f"cannot be read: {exc.strerror or exc}"
         return RunInfo(path, Status.UNREADABLE, message=message)
@@ -200,9 +200,7 @@ def inspect_run(path: Path, follow: bool = True) -> RunInfo:
     if reader.bad:
         note = f"{reader.bad} unreadable line{'s' if reader.bad > 1 else ''} in {EVENTS} ({reader.last_bad})"
         message = f"{message}; {note}" if message else note
-    seconds = None
-    if state.first_t is not None and state.last_t is not None:
-        seconds = (time.time() if owner.alive else state.last_t) - state.first_t
+    seconds = state.run_seconds(time.time() if owner.alive else None)
     return RunInfo(
         path, status, state.stage_text, state.epoch_text, state.best_acc, state.first_t, seconds,
         owner.pid if owner.alive else None, message, reader.bad, resumable and not owner.alive, len(state.epochs),

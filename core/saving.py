@@ -81,7 +81,7 @@ class Saving:
         reason = t.steering.steer.stop_reason or StopReason.QUIT
         if reason == StopReason.WRITE_FAILED:
             return self.write_failed(pos, t.write_error or "a write failed", ep)
-        sums = ep.meter.host()  # on every rank: a collective in a group
+        sums = ep.sums()  # on every rank: a collective in a group
         if t.rundir is None:
             return reason
         path = self.save(pos, sums, "stop")
@@ -93,7 +93,7 @@ class Saving:
     def write_failed(self, pos: Position, detail: str, ep: EpochRun | None = None) -> StopReason:
         """Stop, saying which checkpoint is the last good one (if any): never a claimed success."""
         t, rundir = self.t, self.t.rundir
-        sums = ep.meter.host() if ep is not None else None  # on every rank: a collective in a group
+        sums = ep.sums() if ep is not None else None  # on every rank: a collective in a group
         if rundir is None:
             return StopReason.WRITE_FAILED
         path = self.save(pos, sums, "stop") if sums is not None else None
@@ -110,6 +110,6 @@ class Saving:
         if t.epoch is None or t.s is None:
             return None
         try:
-            return self.save(t.epoch.here(), t.epoch.meter.host(), "failure")
+            return self.save(t.epoch.here(), t.epoch.sums(), "failure")
         except Exception:
             return None

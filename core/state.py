@@ -50,6 +50,7 @@ from core.events import (
     SystemSample,
     Watching,
     check,
+    counted,
     from_dict,
 )
 from core.vocab import Status
@@ -106,14 +107,17 @@ class RunState:
     refused: int = 0  # commands the run did not apply (each said why in the log)
     first_t: float | None = None  # wall clock of the first and the latest event
     last_t: float | None = None
+    # A run's time is its processes' (each from its first event to its last), never the time it lay stopped.
+    session_t: float | None = None  # the first event of the latest process that took the run
+    earlier_seconds: float = 0.0  # the processes before it
+    starting: bool = False  # the latest event was a loading one: a process begins with them
     version: int = 0  # bumped on every change, so widgets redraw only when needed
 
     def apply(self, e: Event, t: float | None = None) -> None:
         """Fold one event in (``t``: its wall-clock stamp, when read from disk)."""
         self.version += 1
         if t is not None:
-            self.first_t = t if self.first_t is None else self.first_t
-            self.last_t = t
+            self._stamp(e, t)
         if isinstance(e, Loading):
             self.status = Status.LOADING if self.status in (Status.STARTING, Status.LOADING) else self.status
             self.loading, self.loading_done, self.loading_total = e.message, e.done, e.total
@@ -202,6 +206,22 @@ class RunState:
         elif isinstance(e, RunFailed):
             self.status, self.ended, self.message = Status.FAILED, e, e.message
             self.last_checkpoint = e.checkpoint or self.last_checkpoint
+
+    def _stamp(self, e: Event, t: float) -> None:
+        if self.session_t is None or (isinstance(e, (Loading, RunStarted)) and not self.starting):
+            if self.session_t is not None and self.last_t is not None:
+                self.earlier_seconds += max(self.last_t - self.session_t, 0.0)
+            self.session_t = t
+        self.starting = isinstance(e, Loading)
+        self.first_t = t if self.first_t is None else self.first_t
+        self.last_t = t
+
+    def run_seconds(self, now: float | None = None) -> float | None:
+        """The run's time: the sum over the processes that took it, each from its first event to
+        its last (the latest to ``now`` while it runs); None before any stamped event."""
+        if self.session_t is None or self.last_t is None:
+            return None
+        return self.earlier_seconds + max((self.last_t if now is None else now) - self.session_t, 0.0)
 
     def fold(self, events: Iterable[tuple[Event, float | None]]) -> RunState:
         """Fold in each event with its stamp, as an `EventReader` yields them; returns this state."""
@@ -469,7 +489,7 @@ def describe(e: Event) -> list[str]:
         lines = [
             f"run {e.run_name} {head}{where}: {e.dataset}, {e.train_size} train / {e.test_size} test images, "
             f"{len(e.classes)} classes | {e.device}, {e.precision} | batch {e.batch_size}{world}, "
-            f"{e.batches_per_epoch} batches per epoch, {e.total_epochs} epochs",
+            f"{counted(e.batches_per_epoch, 'batch', 'batches')} per epoch, {counted(e.total_epochs, 'epoch')}",
             f"run directory: {e.run_dir}",
         ]
         if e.threads_why:
@@ -513,8 +533,9 @@ def describe(e: Event) -> list[str]:
         return [f"learning rates ({e.origin}): {', '.join(moved) or 'unchanged'}; the next stage starts from its plan"]
     if isinstance(e, PlanChanged):
         note = f" ({e.note})" if e.note else ""
-        return [f"stage {e.stage} now has {e.epochs} epochs (epochs {e.first_epoch}-{e.last_epoch}), "
-                f"the run {e.total_epochs}{note}"]
+        asked = f"{'+' if e.change > 0 else '-'}{counted(abs(e.change), 'epoch')}: now has" if e.change else "now has"
+        return [f"stage {e.stage} {asked} {counted(e.epochs, 'epoch')} (epochs {e.first_epoch}-{e.last_epoch}), "
+                f"the run {counted(e.total_epochs, 'epoch')}{note}"]
     if isinstance(e, Paused):
         return [f"paused at epoch {e.epoch}, batch {e.batch}" + ("" if e.reason == "user" else f": {e.reason}")]
     if isinstance(e, Resumed):

@@ -19,7 +19,17 @@ import msgspec
 
 from core.control import Control
 from core.dist import PAUSED_SYNC_S, Coordinator
-from core.events import CommandRefused, CommandTaken, Note, Paused, PlanChanged, RatesChanged, Resumed, RunStopped
+from core.events import (
+    CommandRefused,
+    CommandTaken,
+    Note,
+    Paused,
+    PlanChanged,
+    RatesChanged,
+    Resumed,
+    RunStopped,
+    counted,
+)
 from core.inbox import Inbox
 from core.meter import EpochRun
 from core.plan import MAX_EPOCHS, MAX_LR, MIN_LR
@@ -64,7 +74,7 @@ class Steering:
                 if steer.stop_reason is not None:
                     return Order.STOP
                 if steer.take_save():
-                    self.t.saving.save(ep.here(), ep.meter.host(), "save")
+                    self.t.saving.save(ep.here(), ep.sums(), "save")
                 for command, origin in steer.take_changes():
                     self._change(command, origin, ep)
                 if steer.take_next_stage():
@@ -85,6 +95,15 @@ class Steering:
         finally:
             if paused_at is not None:
                 ep.pause(time.perf_counter() - paused_at)
+
+    def at_epoch_end(self, ep: EpochRun) -> None:
+        """Stage lengths asked for on the epoch's last batch or during its test pass change the
+        stage of this epoch, before the run decides whether that stage is over (`+` on a stage's
+        last batch lengthens that stage); rate changes wait for the next batch."""
+        if self.coord is None and self.inbox is not None:
+            self.inbox.poll(force=True)
+        for command, origin in self.steer.take_changes("epochs"):
+            self._change(command, origin, ep)
 
     def due(self, step: int) -> bool:
         """Whether a group exchanges at ``step`` (its ranks read their losses there, together)."""
@@ -181,8 +200,8 @@ class Steering:
         in_progress = ep.position.epoch - first + 1  # epochs of this stage begun: the floor
         wanted = stage.epochs + command.epoch_change()
         if wanted > MAX_EPOCHS:
-            self._refuse(command, origin, f"stage {si + 1} would have {wanted:,} epochs, and a stage has at most "
-                         f"{MAX_EPOCHS:,} (it has {stage.epochs:,})")
+            self._refuse(command, origin, f"stage {si + 1} would have {counted(wanted, 'epoch')}, and a stage has at "
+                         f"most {counted(MAX_EPOCHS, 'epoch')} (it has {counted(stage.epochs, 'epoch')})")
             return
         epochs = max(wanted, in_progress)
         note = "the epoch in progress is now the stage's last" if epochs > wanted else ""
@@ -193,4 +212,5 @@ class Steering:
             t.write_config()
         plan = s.config.plan
         first, last = plan.epoch_range(si)
-        t.emit(PlanChanged(origin, si + 1, epochs, first, last, plan.total_epochs, note, command.ref))
+        t.emit(PlanChanged(origin, si + 1, epochs, first, last, plan.total_epochs, note, command.ref,
+                           command.epoch_change()))

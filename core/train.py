@@ -209,7 +209,8 @@ class Trainer:
                 if outcome is Ended.CUT:
                     break
                 epoch += 1
-        self.emit(RunFinished(self.last_acc, self.best_acc, self.best_epoch, self._clock.elapsed()))
+        seconds = self.rundir.run_seconds() if self.rundir is not None else None  # every process's, if resumed
+        self.emit(RunFinished(self.last_acc, self.best_acc, self.best_epoch, seconds or self._clock.elapsed()))
         if self.rundir is not None:
             reporting.write_curves(self.rundir)
         return StopReason.FINISHED
@@ -231,7 +232,7 @@ class Trainer:
         s.model.train()
         if self.group is not None:
             s.step_model = self.group.wrap(s.model, s.config.compile)
-        self.emit(reporting.stage_started(s, si, groups, kept, self.global_step))
+        self.emit(reporting.stage_started(s, si, groups, self.base_lrs, kept, self.global_step))
 
     def _epoch(self, pos: Position) -> Ended | StopReason:
         """Train the epoch from ``pos`` (unless only its evaluation is left), then end it."""
@@ -240,8 +241,13 @@ class Trainer:
         continued = r is not None and self.global_step == r.global_step and pos == r.position
         sums = r.sums if continued and self.leader and r is not None else Sums()  # rank 0 holds the totals so far
         reduce, world = (self.group.sum, self.group.world) if self.group is not None else (None, 1)
-        self.epoch = EpochRun(pos, EpochMeter(s.device, sums, reduce, world), first_seen=sums.seen, batch=pos.batch)
+        self.epoch = EpochRun(
+            pos, EpochMeter(s.device, sums, reduce, world), seconds_before=sums.seconds or 0.0, first_seen=sums.seen,
+            untimed=sums.seen if sums.seconds is None else 0, batch=pos.batch,
+        )
         self.epoch.log_seen = r.sums.seen if continued and r is not None else 0
+        if pos.trained:
+            self.epoch.end_training()  # in an earlier process: only the test pass is left
         cut = pos.batch < self._batches(pos)
         if not pos.trained:
             outcome = self._train(self.epoch)
@@ -270,7 +276,7 @@ class Trainer:
         for b in range(ep.batch, n):
             order = self.steering.boundary(ep)
             if order is not None:
-                ep.train_seconds = ep.clock.elapsed()
+                ep.end_training()
                 return self.saving.stop(ep.here(), ep) if order is Order.STOP else Ended.CUT
             t0 = time.perf_counter()
             self.rates_at(si, epoch, b + offset // s.global_batch)
@@ -310,7 +316,7 @@ class Trainer:
                 t_drain = now
                 if not self._drain(ep, line):
                     return self.steering.on_nonfinite(ep)
-        ep.train_seconds = ep.clock.elapsed()
+        ep.end_training()
         return Ended.DONE
 
     def rates_at(self, si: int, epoch: int, batch: int) -> None:
@@ -343,13 +349,15 @@ class Trainer:
         so after a kill at any instant a resume repeats no reported epoch."""
         s = self.setup
         si, epoch = ep.position.stage, ep.position.epoch
-        _, last = s.config.plan.epoch_range(si)
         trained = Position(si, epoch, ep.batch, True, ep.position.offset)
         result = evaluate(s, si, epoch, self.emit, self.steering.interrupted, self.group)
         if result is None:
             return self.saving.stop(trained, ep)
+        if not cut:
+            self.steering.at_epoch_end(ep)
+        _, last = s.config.plan.epoch_range(si)
         maps = attention(s, self._attention_ids, si, epoch) if self.leader else None
-        record = reporting.epoch_ended(s, ep, ep.meter.host(), result, self.best_acc, self.best_epoch,
+        record = reporting.epoch_ended(s, ep, ep.sums(), result, self.best_acc, self.best_epoch,
                                        self.global_step)
         improved = result.accuracy > self.best_acc or self.best_epoch == 0
         best_before = self.best_acc, self.best_epoch

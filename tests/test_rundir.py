@@ -281,6 +281,44 @@ def test_a_run_with_a_cut_metrics_line_and_garbage_resumes_to_one_row_per_epoch(
     assert [r.split(",")[1] for r in rows[1:]] == ["1", "2", "3"] and all(len(r.split(",")) == 10 for r in rows)
 
 
+def test_a_command_sent_as_its_run_ends_is_taken_back_at_once(tmp_path: Path, script: list, capsys) -> None:
+    path, held = fake_run(tmp_path, "ending", script[:3], hold=True)
+    assert held is not None
+    name = send(path, Command("pause"), "ctl pid 7")  # the run is live: queued
+    threading.Timer(0.2, held.close).start()  # then its process ends without taking it
+    began = time.monotonic()
+    with pytest.raises(RunDirError, match="is no longer running: the command was not taken; withdrawn"):
+        wait_taken(path, name, 30)
+    assert time.monotonic() - began < 5 and not list((path / "control").iterdir())
+
+
+def test_a_runs_duration_is_its_processes_time_not_the_time_it_lay_stopped(tmp_path: Path, script: list, capsys) -> None:
+    from core.events import Loading
+
+    root = tmp_path / "runs"
+    home, _ = fake_run(root, "resumed", [])
+    start, body, finished = script[0], script[1:-1], script[-1]
+
+    def process(t0: float, seconds: float, events: list) -> None:  # one process's events, stamped over ``seconds``
+        stamped = [Loading("loading synthetic data"), Loading("building the model"), *events]
+        with (home / "events.jsonl").open("a") as f:
+            for i, e in enumerate(stamped):
+                f.write(json.dumps({**e.to_dict(), "t": t0 + seconds * i / (len(stamped) - 1)}) + "\n")
+
+    def listed() -> float:
+        code, out, _ = cli(capsys, "runs", "--runs-root", str(root), "--format", "json")
+        assert code == 0
+        return json.loads(out)["runs"][0]["seconds"]
+
+    process(1000.0, 100.0, [start, *body[:4], RunStopped("stop command", 1, 1, 2, None)])
+    process(3100.0, 50.0, [start, *body[4:8]])  # killed: no last event, then a day before the resume
+    assert listed() == pytest.approx(150.0)  # (and this listing keeps an index of the fold so far)
+    process(90000.0, 30.0, [start, *body[8:], finished])
+    assert listed() == pytest.approx(180.0)  # from the index and the lines after it
+    (home / "index.json").unlink()
+    assert listed() == pytest.approx(180.0)  # from every line
+
+
 # --- names ------------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ from core.events import (
     EpochEnded,
     Event,
     IterLosses,
+    Loading,
     Replayed,
     Replaying,
     RunFailed,
@@ -145,17 +146,20 @@ def test_listing_a_run_parses_no_curves_and_later_only_the_lines_after_its_index
 def test_a_state_restored_from_its_snapshot_folds_on_exactly_like_the_original(tmp_path: Path) -> None:
     events = [*start(), *(e for n in range(1, 4) for e in epoch_events(n))]
     resumed = msgspec.structs.replace(events[0], resumed_from="x", start_epoch=3, global_step=2 * BATCHES)
-    events += [resumed, *epoch_events(3), *epoch_events(4), RunFinished(1.0, 2.0, 3, 4.0)]
+    events += [Loading("loading"), resumed, *epoch_events(3), *epoch_events(4), RunFinished(1.0, 2.0, 3, 4.0)]
+    second = next(i for i, e in enumerate(events) if isinstance(e, Loading))  # a process resumes it
+    stamps = [1e9 + i + (1000 if i >= second else 0) for i in range(len(events))]  # after a long stop
     for cut in range(len(events) + 1):
         original = RunState(keep_losses=False)
-        for e in events[:cut]:
-            original.apply(e)
+        for e, t in zip(events[:cut], stamps, strict=False):
+            original.apply(e, t)
         restored = RunState.restore(json.loads(json.dumps(original.snapshot())))
-        for e in events[cut:]:
-            original.apply(e)
-            restored.apply(e)
+        for e, t in zip(events[cut:], stamps[cut:], strict=True):
+            original.apply(e, t)
+            restored.apply(e, t)
         assert restored.snapshot() == original.snapshot()
     assert [e.epoch for e in original.epochs] == [1, 2, 3, 4]
+    assert original.run_seconds() == len(events) - 2  # two processes, each a second an event, not the stop
 
 
 def _other_epochs(first: int, count: int) -> bytes:

@@ -28,6 +28,7 @@ from core.events import (
 from core.inbox import Inbox, send, wait_taken
 from core.plan import PlanOptions
 from core.schedule import factor
+from core.state import describe
 from core.vocab import Command, Status, StopReason
 from tests.conftest import cli, tiny_config, train
 from tests.helpers import Seen, fake_run, stopped_run, until
@@ -101,6 +102,10 @@ def test_a_live_rate_change_takes_the_next_batch_survives_a_resume_and_ends_with
     stage1 = [lrs for step, lrs in rates.items() if step <= 12]
     assert stage1 and all(lrs == (5e-3,) for lrs in stage1)  # the resumed run keeps the edited rate
     assert all(lrs == (1e-3, 1e-3) for step, lrs in rates.items() if step > 12)  # the next stage: its plan
+    resumed, nxt = second.of(StageStarted)  # each banner shows the rates in force, not the plan's
+    assert resumed.groups == (("new", 5e-3),) and {m.lr for m in resumed.modules if m.group} == {5e-3}
+    assert describe(resumed)[-1].startswith("    learning rates: new=5e-3 · ")
+    assert nxt.groups == (("new", 1e-3), ("layer3-4", 1e-3))
 
 
 def test_one_group_by_name_and_an_unknown_group(tmp_path: Path) -> None:
@@ -144,6 +149,25 @@ def test_a_stage_made_longer_then_shorter_and_the_plan_is_resumed(tmp_path: Path
     _, again = train(tiny_config(tmp_path, resume=str(run)))
     assert [e.epoch for e in again.of(EpochEnded)] == [3]  # stage 2 is epoch 3 of 3
     assert again.of(StageStarted)[0].stage == 2
+
+
+@pytest.mark.parametrize("verb", ["epochs", "lr"])
+def test_a_change_asked_on_a_stages_last_batch(tmp_path: Path, verb: str) -> None:
+    control = Control()
+
+    def react(e) -> None:
+        if isinstance(e, BatchLogged) and (e.epoch, e.batch) == (1, 6):  # the stage's last batch: its test pass next
+            control.apply(Command("epochs", "+1") if verb == "epochs" else Command("lr", "x0.5"))
+
+    plan = PlanOptions(stage_epochs="1,1,0", lrs="1e-2,1e-3,1e-3")
+    _, rec = train(tiny_config(tmp_path, log_every=1, plan_opts=plan), react, control)
+    if verb == "epochs":  # lengthens the stage in progress, as the key says
+        (change,) = rec.of(PlanChanged)
+        assert describe(change) == ["stage 1 +1 epoch: now has 2 epochs (epochs 1-2), the run 3 epochs"]
+        assert [(e.stage, e.epoch, e.stage_epochs) for e in rec.of(EpochEnded)] == [(1, 1, 2), (1, 2, 2), (2, 3, 1)]
+    else:  # a rate waits for the next batch, which is the next stage's (its log line says so)
+        (change,) = rec.of(RatesChanged)
+        assert change.stage == 2 and change.after == (5e-4, 5e-4)
 
 
 def test_bad_values_for_ctl_are_one_sentence(capsys, tmp_path: Path) -> None:
@@ -305,9 +329,10 @@ def test_ctl_waits_for_what_the_run_did_and_exits_nonzero_with_its_reason(tmp_pa
         for _ in range(9):  # ten times +10000 made 110,007 epochs, which no resume took
             code, out, _ = ctl("epochs", "+10000")
             assert code == 0 and "taken by" in out
-        assert "stage 1 now has 90,001 epochs" in out.replace("90001", "90,001")
+        assert "stage 1 +10,000 epochs: now has 90,001 epochs (epochs 1-90001), the run 90,002 epochs" in out
         code, _, err = ctl("epochs", "+10000")
-        assert code == 1 and "stage 1 would have 100,001 epochs, and a stage has at most 100,000 (it has 90,001)" in err
+        assert code == 1 and "stage 1 would have 100,001 epochs, and a stage has at most 100,000 epochs (it has " \
+                             "90,001 epochs)" in err
         assert ctl("save")[0] == 0
     config = read(live.run / "checkpoints" / "last.pt").config  # what ctl changed, a resume takes
     assert config.plan.stages[0].epochs == 90_001

@@ -213,6 +213,38 @@ def test_stop_then_resume_gives_the_same_final_weights(
     assert rows == [(r["epoch"], r["train_loss"], r["test_acc"]) for r in csv.DictReader((a / "metrics.csv").open())]
 
 
+@pytest.mark.parametrize("stop_batch", [5, 6])  # mid-epoch; on its last batch (the stop lands in its test pass)
+def test_an_epoch_resumed_part_way_reports_its_whole_time_and_rate(tmp_path: Path, stop_batch: int) -> None:
+    import time
+
+    from core.checkpoint import read
+    from core.runs import inspect_run
+
+    control = Control()
+
+    def react(e) -> None:
+        if isinstance(e, BatchLogged) and e.batch == 1:
+            time.sleep(0.5)  # inside the step loop: training time of the first process
+        if isinstance(e, BatchLogged) and e.batch == stop_batch:
+            control.stop(StopReason.QUIT)
+
+    plan = PlanOptions(stage_epochs="1,0,0", lrs="1e-2,1e-3,1e-3")
+    _, first = train(tiny_config(tmp_path, log_every=1, plan_opts=plan), react, control)
+    before = read(first.run_dir / "checkpoints" / "last.pt").sums
+    assert before.seen == 8 * stop_batch and before.seconds is not None and before.seconds >= 0.5
+    _, second = train(tiny_config(tmp_path, resume=str(first.run_dir)))
+    (epoch,) = second.of(EpochEnded)
+    assert epoch.seconds > before.seconds  # the first process's part, and the rest
+    assert 0 < epoch.images_per_second < 48 / before.seconds  # all 48 images over all their training time
+    row = next(csv.DictReader((first.run_dir / "metrics.csv").open()))
+    assert (float(row["seconds"]), float(row["images_per_second"])) == (
+        pytest.approx(epoch.seconds, abs=1e-3), pytest.approx(epoch.images_per_second, abs=0.1))
+    # The run's time is both processes', as `runs` lists it (not the last one's alone).
+    (finished,) = second.of(RunFinished)
+    assert finished.seconds > epoch.seconds and finished.seconds == pytest.approx(
+        inspect_run(first.run_dir).seconds, abs=0.1)
+
+
 @pytest.mark.parametrize("moments", ["keep", pytest.param("fresh", marks=SLOW)])
 def test_the_moment_policy_at_a_stage_switch_survives_a_resume(
     tmp_path: Path, uninterrupted: Callable[[PlanOptions], Path], moments: str
@@ -325,16 +357,19 @@ def test_checkpoints_keep_their_format_and_older_ones_without_the_later_keys_sti
     raw = torch.load(last, weights_only=True)
     assert set(raw) == FORMAT_KEYS and (raw["format"], raw["version"], raw["arch"]) == ("cbam-tui", 2, "resnet18-cbam")
     assert raw["position"] == {"stage": 1, "epoch": 2, "batch": 4, "trained": False, "offset": 0}
-    assert set(raw["sums"]) == {"loss_sum", "correct", "seen"} and raw["world_size"] == 1 and raw["global_batch"] == 8
+    assert set(raw["sums"]) == {"loss_sum", "correct", "seen", "seconds"} and raw["world_size"] == 1
+    assert raw["global_batch"] == 8
     saved = read(last)
     assert read_config(last) == saved.config and saved.position.batch == 4 and saved.sums.seen == 32
 
     # The first checkpoints of version 2 had no scaler, base rates, offset, world size or global batch.
     older = {k: v for k, v in raw.items() if k not in ("digest", "scaler", "base_lrs", "world_size", "global_batch")}
     older["position"] = {k: v for k, v in raw["position"].items() if k != "offset"}
+    older["sums"] = {k: v for k, v in raw["sums"].items() if k != "seconds"}  # nor the epoch's time so far
     last.write_bytes(serialize(older))
     outcome, second = train(tiny_config(tmp_path, resume=str(first.run_dir)))
     assert outcome == FINISHED
+    assert second.of(EpochEnded)[0].images_per_second > 0  # of the part this process timed
     started = second.events[[e.kind for e in second.events].index("run_started")]
     assert (started.start_stage, started.start_epoch, started.start_batch) == (2, 2, 4)
     assert [b.batch for b in second.of(BatchLogged)] == [6]  # the epoch's last two batches, then its end

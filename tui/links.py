@@ -67,7 +67,7 @@ class InProcessLink:
             "stop": "stopping at the next batch boundary, with a checkpoint",
             "lr": f"learning rate {command.value}" + (f" for {command.group}" if command.group else "")
                   + ": from the next batch",
-            "epochs": f"this stage {command.value} epochs: at the next batch",
+            "epochs": f"epochs {command.value} for the stage in progress: at the next batch or this epoch's end",
         }[command.verb]
 
     def stop(self, reason: StopReason) -> None:
