@@ -123,15 +123,15 @@ def class_accuracy(stage: int, epoch: int, acc: float) -> ClassAccuracy:
 
 
 def attention(stage: int, epoch: int) -> AttentionMaps:
-    """Four images and a blob of attention that sharpens as the epochs go by."""
+    """An image of each class and a blob of attention that sharpens as the epochs go by."""
     images = []
-    for k, label in enumerate((0, 3, 5, 8)):
-        cx, cy = 0.3 + 0.15 * k, 0.6 - 0.1 * k
+    for k, label in enumerate(range(10)):
+        cx, cy = 0.3 + 0.05 * k, 0.6 - 0.03 * k
         pixels = []
         for y in range(16):
             for x in range(16):
                 inside = (x / 15 - cx) ** 2 + (y / 15 - cy) ** 2 < 0.06
-                pixels += [200, 120 + 30 * k, 60] if inside else [40, 70 + 20 * k, 110]
+                pixels += [200, 120 + 10 * k, 60] if inside else [40, 70 + 8 * k, 110]
         blocks = []
         for b, size in enumerate((16, 16, 8, 4), 1):
             sharp = 4 + epoch + 2 * b
