@@ -54,8 +54,9 @@ def row_trainable(names: set[str]) -> tuple[int, ...]:
     )
 
 
-def events(epochs: int = 3, batches: int = 782, log_every: int = 100) -> Iterator[Event]:
-    """A run of ``epochs`` epochs with the default plan's stages, loss falling smoothly."""
+def events(epochs: int = 3, batches: int = 782, log_every: int = 100, gpus: bool = True) -> Iterator[Event]:
+    """A run of ``epochs`` epochs with the default plan's stages, loss falling smoothly; on a
+    GPU box, or (``gpus`` False) on a laptop, as the demo often is."""
     yield RunStarted(
         run_name="20260101-120000-demo", run_dir="runs/20260101-120000-demo", dataset="cifar10",
         device="cpu", precision="fp32", train_size=batches * 64, test_size=10000,
@@ -63,7 +64,7 @@ def events(epochs: int = 3, batches: int = 782, log_every: int = 100) -> Iterato
         batch_size=64, batches_per_epoch=batches, total_epochs=50, stages=STAGES, plan_label="default",
         frozen_bn="train", moments="keep", total_params=11217874, model_rows=model_rows(), config={},
     )
-    yield SYSTEM
+    yield SYSTEM if gpus else CPU_ONLY
     step = 0
     first = 1
     for si, (name, n) in enumerate(STAGES):
@@ -105,6 +106,9 @@ SYSTEM = SystemSample(
     cpu_percent=103.0, rss=int(1.9 * 2**30), cuda_peak=int(9.8 * 2**30),
     gpus=(GpuSample(0, "NVIDIA H200", 97.0, int(12.1 * 2**30), int(139.8 * 2**30), 310.0, 71.0),),
 )
+
+CPU_ONLY = SystemSample(cpu_percent=187.0, rss=int(1.2 * 2**30), note="no GPU figures: no NVIDIA driver", cpus=2.0,
+                        busy_elsewhere=0.3)
 
 
 def class_accuracy(stage: int, epoch: int, acc: float) -> ClassAccuracy:

@@ -202,8 +202,12 @@ async def test_every_view_and_the_chart_keys(tmp_path: Path) -> None:
             body = {"classes": "#class-body", "attention": "#attention", "system": "#hardware-full",
                     "curves": "#loss-big"}[view]
             widget = app.query_one(body)
-            text = {"curves": lambda: widget.text, "attention": lambda: "\n".join(widget.plain_lines)}.get(
-                view, lambda: text_of(widget))()
+            if view == "curves":
+                text = widget.text
+            elif view == "attention":
+                text = "\n".join(widget.plain_lines)
+            else:
+                text = text_of(widget)
             assert shown in text, view
         await pilot.press("5", "left_square_bracket")  # an earlier epoch's attention
         assert "attention after epoch 2" in app.query_one("#attention", AttentionView).plain_lines[0]
