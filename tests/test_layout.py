@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+from textual.app import App, ComposeResult
 from textual.geometry import Region
 from textual.widget import Widget
 
@@ -134,7 +135,7 @@ async def test_every_panel_of_every_view_is_whole_or_hidden(tmp_path: Path, size
             if problems := panel_problems(app, view):
                 found[view] = problems
         await pilot.press("q", "y")  # quit, confirmed
-    assert found == {}
+    assert found == {}, "\n".join(f"{view}: {problem}" for view, problems in found.items() for problem in problems)
 
 
 def test_the_checks_find_what_garbles_a_panel() -> None:
@@ -153,3 +154,31 @@ def test_the_checks_find_what_garbles_a_panel() -> None:
     line = "Epoch: 3/50 | Batch: 500/782 | Batch loss: 1.1613 | Avg loss: 1.1627 | 1234 img/s"
     assert log_problems(["Epoch: 3/50 | Batch: 500/782 | Batch loss: 1.1613 | Avg loss: 1.16"], [line])
     assert log_problems(["Epoch: 3/50 | Batch: 500/782 | Batch loss: 1.1613 …", line], [line]) == []
+
+
+class OnePlot(App[None]):
+    """One plot in a box of the given size: the left column's spare rows at 120x40."""
+
+    def __init__(self, plot: Widget, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.plot, self.box = plot, size
+
+    def compose(self) -> ComposeResult:
+        self.plot.styles.width, self.plot.styles.height = self.box
+        yield self.plot
+
+
+@pytest.mark.parametrize("rows", range(2, 11))
+async def test_a_learning_rate_panel_with_a_few_rows_is_whole_or_hidden(rows: int) -> None:
+    from core.state import RunState
+    from tui.widgets.curves import GroupCurve
+
+    state = RunState()
+    for event in events(epochs=3, gpus=False):
+        state.apply(event)
+    plot = GroupCurve("lr")
+    app = OnePlot(plot, (44, rows))
+    async with app.run_test(size=(60, 12)) as pilot:
+        plot.show(state)
+        await pilot.pause()
+        assert plot_problems(screen_rows(app, plot.region)) == []
