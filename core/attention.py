@@ -15,12 +15,13 @@ from torch import nn
 from core.augment import Augmenter
 from core.events import AttentionImage, BlockAttention
 
-IMAGES = 4
+IMAGES = 10  # one image a class, for up to 10 classes
 MAX_SIDE = 16
 
 
 def pick_images(labels: torch.Tensor, num_classes: int, k: int = IMAGES) -> list[int]:
-    """The first test image of ``k`` classes spread over the class list: the same every epoch."""
+    """The first test image of ``k`` classes spread over the class list (every class, up to ``k``): the same
+    every epoch."""
     labels = labels.cpu()
     wanted = sorted({round(i * num_classes / k) for i in range(k)})
     picked = []

@@ -1,4 +1,4 @@
-"""Snapshots of every view at 80x24, 100x30 and 200x50, from a scripted (deterministic)
+"""Snapshots of every view at 80x24, 100x30, 120x40, 200x50 and 300x80, from a scripted (deterministic)
 run that has a GPU reading (a fake NVML's numbers), per-class results and attention maps."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from tests.scripted import ScriptedTrainer, events
 from tui.app import make_app
 from tui.links import InProcessLink
 
-SIZES = [(100, 30), (80, 24), pytest.param((200, 50), marks=pytest.mark.slow)]
+SIZES = [(100, 30), (80, 24), (120, 40), pytest.param((200, 50), marks=pytest.mark.slow),
+         pytest.param((300, 80), marks=pytest.mark.slow)]
 VIEWS = [((), "dashboard"), (("2",), "tree"), (("3",), "log"), (("4",), "classes"), (("5",), "attention"),
          (("6",), "curves"), (("question_mark",), "help")]
 

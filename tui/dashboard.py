@@ -42,6 +42,7 @@ from tui.widgets.status_bar import StatusBar
 IDLE_S = 3.0  # a run that sent no progress for this long is not training: the budget rests
 COMPACT_BELOW_ROWS = 30
 TALL_FROM_ROWS = 40  # the dashboard's left column has room for the learning-rate curve
+EPOCH_PAIR_FROM = 52  # columns right of the left column for both epoch charts; below, accuracy alone
 
 
 class View(enum.StrEnum):
@@ -172,7 +173,9 @@ class DashboardScreen(RunScreen):
         width, height = self.app.size
         self.query_one("#views").set_class(height < COMPACT_BELOW_ROWS, "-compact")
         self.query_one("#views").set_class(height >= TALL_FROM_ROWS, "-tall")
-        self.query_one("#left").styles.width = max(46, min(int(width * 0.36), 72))
+        left = max(46, min(int(width * 0.36), 72))
+        self.query_one("#left").styles.width = left
+        self.query_one("#epoch-loss-curve").display = width - left >= EPOCH_PAIR_FROM
         self.query_one("#log").styles.height = max(5, min(int(height * 0.22), 14))
 
     # --- what is on screen ---------------------------------------------------------
@@ -282,14 +285,14 @@ class DashboardScreen(RunScreen):
         return {
             View.DASHBOARD: [
                 status, log,
-                Panel("stage", version, lambda: stage.update_from(state), fast=True),
+                Panel("stage", lambda: (state.version, self.app.size), lambda: stage.update_from(state), fast=True),
                 Panel("modules", lambda: (id(state.stage), len(state.group_curves)),
                       lambda: modules.update_from(state), fast=True),
                 Panel("hardware", lambda: (id(state.system), state.data_share), lambda: hardware.update_from(state)),
                 plot("loss", losses, "#loss-curve"), plot("epochs", epochs, "#acc-curve", "#epoch-loss-curve"),
                 plot("lr-side", groups, "#lr-side"),
             ],
-            View.TREE: [status, Panel("view", lambda: (id(state.stage), id(state.started)),
+            View.TREE: [status, Panel("view", lambda: (id(state.stage), id(state.started), self.app.size),
                                       lambda: tree.update_from(state), fast=True)],
             View.SYSTEM: [
                 status, log,

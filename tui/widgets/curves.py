@@ -18,6 +18,8 @@ Histories reach 40,000 points; a build's cost follows the plot's size, not the r
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,7 @@ import numpy as np
 
 # The colour table only: figures are made through textual_plotext's Plot.
 from plotext._utility import colors_to_ansi
+from rich.color import Color
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
@@ -33,10 +36,10 @@ from textual.strip import Strip
 from textual_plotext import PlotextPlot
 from textual_plotext.plot import Plot as Figure
 
-from core.state import RunState
+from core.state import RunState, lr_text
 
 EMA = 0.15  # weight of the newest plotted point when smoothing
-MIN_SIZE = (12, 5)  # below this a figure has no room for its axes: the plot stays blank
+MIN_SIZE = (20, 7)  # below this a figure has no room for its title, axes and 3 rows of data: it is hidden
 
 
 @dataclass(frozen=True)
@@ -147,12 +150,101 @@ def figure_strips(figure: Figure) -> list[Strip]:
     return strips
 
 
+# --- axes: whole ticks, in order, that never collide ------------------------------------
+
+SERIES_COLOURS = ((0, 130, 200), (245, 130, 48), (60, 180, 75), (230, 25, 75), (145, 30, 180), (70, 190, 190))
+
+
+def nice_step(span: float, count: int) -> float:
+    """The smallest 1, 2 or 5 times a power of ten that cuts ``span`` into at most ``count`` parts."""
+    raw = span / max(count, 1)
+    magnitude = 10.0 ** math.floor(math.log10(raw))
+    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw * (1 - 1e-9))
+
+
+def linear_ticks(lo: float, hi: float, count: int, whole: bool = False) -> list[float]:
+    """Ticks at multiples of a nice step within [lo, hi]; whole numbers only with ``whole``."""
+    step = nice_step(hi - lo, count)
+    if whole:
+        step = max(step, 1.0)
+    first = math.ceil(lo / step - 1e-9)
+    return [k * step for k in range(first, math.floor(hi / step + 1e-9) + 1)]
+
+
+def log_ticks(lo: float, hi: float, count: int) -> list[float]:
+    """Ticks (in value, not log) for a log axis over [lo, hi] (lo > 0): powers of ten, or 1-2-5
+    steps when the axis spans less than two decades, thinned to at most ``count``."""
+    found: list[float] = []
+    for wanted in ((1,), (1, 2, 5)):
+        found = [m * 10.0**k for k in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+                 for m in wanted if lo * (1 - 1e-9) <= m * 10.0**k <= hi * (1 + 1e-9)]
+        if len(found) >= 2:
+            break
+    if len(found) < 2:
+        found = [v for v in linear_ticks(lo, hi, count) if v > 0]
+    every = -(-len(found) // max(count, 1))
+    return found[::every]
+
+
+def tick_label(value: float, step: float) -> str:
+    """A tick's label: as many decimals as the step needs; small rates as 1e-3 or 2.5e-4."""
+    if value != 0 and (abs(value) < 0.01 or abs(value) >= 1e6):
+        return lr_text(value)
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) if step > 0 else 0
+    return f"{value:.{decimals}f}"
+
+
+def labels_for(ticks: list[float], log: bool = False) -> list[str]:
+    """Labels that tell every tick apart (more digits until they do)."""
+    if len(ticks) < 2:
+        return [tick_label(t, abs(t) or 1.0) for t in ticks]
+    step = min(b - a for a, b in itertools.pairwise(ticks))
+    step = step if not log else min(ticks)
+    for extra in range(0, 6):
+        labels = [tick_label(t, step / 10**extra) for t in ticks]
+        if len(set(labels)) == len(labels):
+            return labels
+    return labels
+
+
+def padded(lo: float, hi: float, log: bool) -> tuple[float, float]:
+    """An axis's range: the data's, or around a constant (so the axis still reads low to high)."""
+    if hi > lo:
+        return lo, hi
+    if log:
+        return lo / 10**0.5, hi * 10**0.5
+    pad = abs(lo) * 0.5 or 1.0
+    return lo - pad, hi + pad
+
+
+def step_shape(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+    """A value that holds until it changes (a learning rate): drawn as a step, not a slope."""
+    out_x, out_y = xs[:1], ys[:1]
+    for x, y in zip(xs[1:], ys[1:], strict=True):
+        if y != out_y[-1]:
+            out_x.append(x)
+            out_y.append(out_y[-1])
+        out_x.append(x)
+        out_y.append(y)
+    return out_x, out_y
+
+
 # --- the plots ---------------------------------------------------------------------
+
+
+@dataclass
+class Series:
+    label: str
+    colour: tuple[int, int, int]
 
 
 class Plot(PlotextPlot):
     """A plot that owns its data: `draw` puts it on a cleared figure, and the figure is
-    built again only when `invalidate` said the data changed, or the size or theme did."""
+    built again only when `invalidate` said the data changed, or the size or theme did.
+
+    A plot that draws through `line` gets its own axes (whole x ticks, y ticks from low to
+    high, labels apart) and its own title row, with the legend beside the title rather
+    than over the data. Below MIN_SIZE a plot is hidden: nothing half-drawn."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -161,9 +253,40 @@ class Plot(PlotextPlot):
         self._built: tuple[object, ...] | None = None
         self._strips: list[Strip] = []
         self.builds = 0  # figures built: the budget's tests count them
+        self.titles: tuple[str, ...] = ()  # the longest title that fits is shown
+        self.log_y = False
+        self.whole_x = True  # x counts steps or epochs
+        self._series: list[Series] = []
+        self._extent: list[float] = []  # x_lo, x_hi, y_lo, y_hi of what `line` drew (y in log10 for a log axis)
 
     def draw(self, plt: Figure) -> None:
-        """Plot this widget's data (title, series, marks) on the cleared figure."""
+        """Plot this widget's data (titles, `line`s, marks) on the cleared figure."""
+
+    def line(self, plt: Figure, xs: Sequence[float], ys: Sequence[float], label: str = "") -> None:
+        """One series, in the next colour; on a log axis, values <= 0 are left out."""
+        if self.log_y:
+            kept = [(x, math.log10(y)) for x, y in zip(xs, ys, strict=True) if y > 0]
+            xs, ys = [x for x, _ in kept], [y for _, y in kept]
+        if not xs:
+            return
+        colour = SERIES_COLOURS[len(self._series) % len(SERIES_COLOURS)]
+        if label:
+            self._series.append(Series(label, colour))
+        plt.plot(list(xs), list(ys), marker="braille", color=colour)
+        lo_hi = [min(xs), max(xs), min(ys), max(ys)]
+        e = self._extent
+        self._extent = lo_hi if not e else [min(e[0], lo_hi[0]), max(e[1], lo_hi[1]),
+                                          min(e[2], lo_hi[2]), max(e[3], lo_hi[3])]
+
+    def y_range(self) -> tuple[float, float] | None:
+        """The y axis's range as drawn (log10 of it on a log axis): marks are placed in it."""
+        if not self._extent:
+            return None
+        lo, hi = self._extent[2], self._extent[3]
+        if self.log_y:
+            lo, hi = padded(10**lo, 10**hi, True)
+            return math.log10(lo), math.log10(hi)
+        return padded(lo, hi, False)
 
     def invalidate(self) -> None:
         """The data changed: build again at the next render (only if the plot is shown)."""
@@ -187,11 +310,54 @@ class Plot(PlotextPlot):
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
+        self._series, self._extent, self.log_y = [], [], False
         self.draw(plt)
-        plt.plotsize(width, height)
-        plt._set_size(width, height)  # as textual_plotext does: plotsize alone does not always take
+        own = bool(self.titles)  # the title row is this widget's; the figure takes the rest
+        rows = height - 1 if own else height
+        if self._extent:
+            self._axes(plt, width, rows)
+        plt.plotsize(width, rows)
+        plt._set_size(width, rows)  # as textual_plotext does: plotsize alone does not always take
         plt.theme(self._get_plotext_theme_name(self.app.theme))
-        return figure_strips(plt)
+        strips = figure_strips(plt)
+        return [self._title_strip(width), *strips] if own else strips
+
+    def _axes(self, plt: Figure, width: int, rows: int) -> None:
+        """Ticks that plotext would place at 1.25 or upside down, placed here instead."""
+        x_lo, x_hi, _, _ = self._extent
+        y_lo, y_hi = self.y_range() or (0.0, 1.0)
+        values = (10**y_lo, 10**y_hi) if self.log_y else (y_lo, y_hi)
+        y_count = max(2, (rows - 3) // 2)  # the box and the x labels take 3 rows; a label every other row
+        y_ticks = log_ticks(*values, y_count) if self.log_y else linear_ticks(*values, y_count)
+        y_labels = labels_for(y_ticks, self.log_y)
+        if self.log_y:
+            y_ticks = [math.log10(v) for v in y_ticks]
+        plt.ylim(y_lo, y_hi)
+        plt.yticks(y_ticks, y_labels)
+        if x_hi <= x_lo:
+            x_lo, x_hi = x_lo - 1, x_hi + 1
+        label_width = max(len(tick_label(x_lo, 1.0)), len(tick_label(x_hi, 1.0)))
+        inner = width - max(len(label) for label in y_labels) - 3
+        x_ticks = linear_ticks(x_lo, x_hi, max(2, inner // (label_width + 3)), whole=self.whole_x)
+        plt.xlim(x_lo, x_hi)
+        plt.xticks(x_ticks, labels_for(x_ticks))
+
+    def _title_strip(self, width: int) -> Strip:
+        """The longest title that fits, with the legend when it fits too: whole words only."""
+        base = self.rich_style
+        legend: list[Segment] = []
+        for s in self._series:
+            legend += [Segment("  ━━ ", base + Style(color=Color.from_rgb(*s.colour), bold=True)),
+                       Segment(s.label, base)]
+        legend_width = sum(len(seg.text) for seg in legend)
+        title = next((t for t in self.titles if len(t) + legend_width <= width), None)
+        if title is None:
+            legend, legend_width = [], 0
+            title = next((t for t in self.titles if len(t) <= width), "")
+        used = len(title) + legend_width
+        left = (width - used) // 2
+        segments = [Segment(" " * left, base), Segment(title, base + Style(bold=True)), *legend]
+        return Strip(segments, left + used).crop_extend(0, width, base)
 
     @property
     def text(self) -> str:
@@ -219,15 +385,18 @@ class LossCurve(Plot):
 
     def draw(self, plt: Figure) -> None:
         opts, state = self.options, self._state
-        shown = opts.label()
-        plt.title("iteration loss" + (f" ({shown})" if shown else ""))
-        if state is None:
-            return
-        first, losses = state.first_step, state.iter_losses
-        if opts.this_stage and state.stage_steps:
-            start = max(state.stage_steps[-1][0] + 1 - first, 0)
+        first, losses = (state.first_step, state.iter_losses) if state is not None else (0, [])
+        shown = [part for part in ("EMA" if opts.smooth else "", "log" if opts.log_scale else "") if part]
+        if state is not None and opts.this_stage and state.stage_steps:
+            # This stage's losses; at a stage's very start (none yet), the last stage that has some.
+            step, stage = next(((s, n) for s, n in reversed(state.stage_steps) if s + 1 - first < len(losses)),
+                               state.stage_steps[0])
+            start = max(step + 1 - first, 0)
             first, losses = first + start, losses[start:]
-        if not len(losses):
+            shown.append(f"stage {stage}")
+        label = " · ".join(shown)
+        self.titles = ("iteration loss" + (f" ({label})" if label else ""), "iteration loss", "loss")
+        if state is None or not len(losses):
             return
         columns = max(self.size.width - 6, 10)  # the y axis's labels take a few columns
         if opts.smooth:
@@ -235,16 +404,14 @@ class LossCurve(Plot):
             y = ema(y)
         else:
             x, y = envelope(losses, first, columns, self.per_column)
-        if opts.log_scale:
-            kept = [(a, b) for a, b in zip(x, y, strict=True) if b > 0]
-            x, y = [a for a, _ in kept], [b for _, b in kept]
-            plt.yscale("log")
-        if x:
-            plt.plot(x, y, marker="braille")
+        self.log_y = opts.log_scale
+        self.line(plt, x, y)
+        y_range = self.y_range()
+        if y_range is not None and self._extent:
             for step, stage in state.stage_steps[1:]:
-                if step + 0.5 >= x[0]:
+                if self._extent[0] <= step + 0.5 <= self._extent[1]:
                     plt.vertical_line(step + 0.5)
-                    plt.text(f"S{stage}", step + 0.5, max(y))
+                    plt.text(f"S{stage}", step + 0.5, y_range[1])
 
 
 class EpochCurve(Plot):
@@ -264,16 +431,15 @@ class EpochCurve(Plot):
             self.invalidate()
 
     def draw(self, plt: Figure) -> None:
-        plt.title("accuracy % per epoch" if self.metric == "acc" else "loss per epoch")
+        self.titles = (("accuracy % per epoch", "accuracy %", "acc %") if self.metric == "acc"
+                       else ("loss per epoch", "epoch loss", "loss"))
         epochs = self._state.epochs if self._state is not None else []
         if epochs:
-            x = [e.epoch for e in epochs]
+            x = [float(e.epoch) for e in epochs]
             train = [e.train_acc if self.metric == "acc" else e.train_loss for e in epochs]
             test = [e.test_acc if self.metric == "acc" else e.test_loss for e in epochs]
-            plt.plot(x, train, label="train", marker="braille")
-            plt.plot(x, test, label="test", marker="braille")
-            if len(x) <= 10:
-                plt.xticks([float(v) for v in x])  # whole epochs, not 1.25
+            self.line(plt, x, train, "train")
+            self.line(plt, x, test, "test")
 
 
 class GroupCurve(Plot):
@@ -293,7 +459,8 @@ class GroupCurve(Plot):
             self.invalidate()
 
     def draw(self, plt: Figure) -> None:
-        plt.title("learning rate per group" if self.metric == "lr" else "gradient norm per group")
+        self.titles = (("learning rate per group", "learning rate", "lr") if self.metric == "lr"
+                       else ("gradient norm per group", "gradient norm", "grad norm"))
         state = self._state
         if state is None:
             return
@@ -305,11 +472,12 @@ class GroupCurve(Plot):
                     xs, ys = series.setdefault(name, ([], []))
                     xs.append(float(step))
                     ys.append(float(value))
-        if series:
-            plt.yscale("log")
-            columns = max(self.size.width - 8, 10)
-            for name, (xs, ys) in series.items():
-                if len(xs) > columns * self.per_column:
-                    x, y = envelope(ys, 0, columns, self.per_column)
-                    xs, ys = [xs[int(i)] for i in x], y
-                plt.plot(xs, ys, label=name, marker="braille")
+        self.log_y = True
+        columns = max(self.size.width - 8, 10)
+        for name, (xs, ys) in series.items():
+            if len(xs) > columns * self.per_column:
+                x, y = envelope(ys, 0, columns, self.per_column)
+                xs, ys = [xs[int(i)] for i in x], y
+            if self.metric == "lr":
+                xs, ys = step_shape(xs, ys)  # a rate holds until it is changed
+            self.line(plt, xs, ys, name)

@@ -3,6 +3,8 @@
 Each line carries its kind from where it is made (an event's lines, or the app's own
 note), and the log styles it by that kind: nothing here reads a line's text.
 
+A line wider than the log loses whole fields from its end, never half a number.
+
 A line costs nothing until it is on screen: adding one appends it to a bounded
 deque, and only the rows in view are rendered (Textual's line API), each once.
 A log in a view that is not shown renders nothing at all.
@@ -63,6 +65,19 @@ def note(text: str) -> LogLine:
     return LogLine(LineKind.NOTE, f"> {text}")
 
 
+def fit_line(text: str, width: int) -> str:
+    """``text`` within ``width`` cells: a line too long loses whole fields (`` | ``), or
+    whole words, from its end, marked with an ellipsis; a number is never cut."""
+    if cell_len(text) <= width:
+        return text
+    for separator in (" | ", " "):
+        cut = len(text)
+        while (cut := text.rfind(separator, 0, cut)) > 0:
+            if cell_len(text[:cut]) + 2 <= width:
+                return text[:cut] + " …"
+    return ""
+
+
 class LossLog(ScrollView):
     DEFAULT_CSS = """
     LossLog {
@@ -119,8 +134,9 @@ class LossLog(ScrollView):
         strip = self._strips.get(key)
         if strip is None:
             line = self._lines[index]
-            segment = Segment(line.text, STYLES[line.kind])
-            strip = Strip([segment], cell_len(line.text)).crop_extend(0, width, base).apply_style(base)
+            text = fit_line(line.text, width)
+            strip = Strip([Segment(text, STYLES[line.kind])], cell_len(text)).crop_extend(0, width, base)
+            strip = strip.apply_style(base)
             self._strips[key] = strip
         return strip
 

@@ -16,6 +16,7 @@ from core.state import RunState
 from tui.summary_view import row_label, shape_text
 
 SHAPE_W, PARAMS_W, TRAIN_W = 18, 12, 10
+GUTTER = 2  # the tree's vertical scroll bar
 
 
 class ModelTree(Vertical):
@@ -24,11 +25,19 @@ class ModelTree(Vertical):
         yield LayerTree(id="tree-body")
         yield Static(id="tree-totals")
 
+    _state: RunState | None = None
+
+    def on_resize(self) -> None:
+        """Shown, or a new size: the columns follow the width."""
+        if self._state is not None:
+            self.update_from(self._state)
+
     @property
     def populated(self) -> bool:
         return self.query_one(LayerTree).populated
 
     def update_from(self, state: RunState) -> None:
+        self._state = state
         tree = self.query_one(LayerTree)
         tree.update_from(state)
         if tree.populated:
@@ -58,12 +67,14 @@ class LayerTree(Tree[LayerRow]):
         super().__init__("model (loading)", **kwargs)  # type: ignore[arg-type]
         self.populated = False
         self.name_width = 40
+        self.shape_width = SHAPE_W  # 0 where the terminal is too narrow for the shapes: they go, whole
         self._shown_stage: object = None
         self._row_nodes: list[tuple[TreeNode[LayerRow], int]] = []
         self._parents: set[int] = set()
 
     def header(self) -> Text:
-        head = f"{'Layer (type)':<{self.name_width}}{'Output Shape':<{SHAPE_W}}{'Param #':>{PARAMS_W}}"
+        shape = f"{'Output Shape':<{self.shape_width}}" if self.shape_width else ""
+        head = f"{'Layer (type)':<{self.name_width}}{shape}{'Param #':>{PARAMS_W}}"
         return Text(f"{head}  {'Trainable':<{TRAIN_W}}", style="bold underline")
 
     def update_from(self, state: RunState) -> None:
@@ -73,6 +84,15 @@ class LayerTree(Tree[LayerRow]):
         if not self.populated:
             self._populate(list(rows))
         stage = state.stage
+        needed = self.name_width + SHAPE_W + PARAMS_W + 2 + len("Partial") + GUTTER
+        fits = self.size.width <= 0 or needed <= self.size.width
+        if (SHAPE_W if fits else 0) != self.shape_width:
+            self.shape_width = SHAPE_W if fits else 0
+            self._shown_stage = None  # every row again, in the new columns
+            if stage is None or len(stage.row_trainable) != len(rows):
+                self.root.set_label(self._row_text(rows[0], None, 0))
+                for node, i in self._row_nodes:
+                    node.set_label(self._row_text(rows[i], None, i))
         if stage is not None and self._shown_stage is not stage and len(stage.row_trainable) == len(rows):
             self._shown_stage = stage
             self.root.set_label(self._row_text(rows[0], stage.row_trainable[0], 0))
@@ -101,7 +121,8 @@ class LayerTree(Tree[LayerRow]):
     def _row_text(self, row: LayerRow, trainable: int | None, i: int) -> Text:
         label = row_label(row.path, row.type, row.is_cbam)
         label.pad_right(max(self.name_width - self._indent(i, row) - len(label.plain), 1))
-        label.append(f"{shape_text(row.output_shape):<{SHAPE_W}}", style="dim")
+        if self.shape_width:
+            label.append(f"{shape_text(row.output_shape):<{self.shape_width}}", style="dim")
         label.append(f"{row.params:>{PARAMS_W},}" if row.params else f"{'--':>{PARAMS_W}}")
         if trainable is not None and row.params:
             on = trainable == row.params

@@ -1,4 +1,5 @@
-"""Stage, epoch and batch (or evaluation) progress, speed, and the time left, whole."""
+"""Stage, epoch and batch (or evaluation) progress, speed, and the time left, whole: a line
+that does not fit drops whole parts rather than wrap or be cut."""
 
 from __future__ import annotations
 
@@ -47,18 +48,20 @@ class StagePanel(Vertical):
             )
             bar.update(total=max(ev.total, 1), progress=ev.done)
         else:
-            epoch.show(f"Epoch {state.epoch}/{st.total_epochs} · {in_stage} · batch {state.batch}/{state.batches}")
+            head, batch = f"Epoch {state.epoch}/{st.total_epochs}", f"batch {state.batch}/{state.batches}"
+            epoch.show_first_fitting(f"{head} · {in_stage} · {batch}", f"{head} · {batch}", head)
             bar.update(total=max(state.batches, 1), progress=state.batch)
-        text = f"{state.images_per_second:,.0f} img/s"
-        if state.started.world_size > 1:
-            text += f" · global batch {state.started.batch_size * state.started.world_size}"
+        rate = f"{state.images_per_second:,.0f} img/s"
+        group = (f" · global batch {state.started.batch_size * state.started.world_size}"
+                 if state.started.world_size > 1 else "")
         best = state.best_acc
-        if best is not None:
-            text += f" · best {best:.2f}% (epoch {state.best_epoch})"
-        speed.show(text)
+        best_text = f" · best {best:.2f}% (epoch {state.best_epoch})" if best is not None else ""
+        speed.show_first_fitting(rate + group + best_text, rate + best_text, rate + (f" · best {best:.2f}%" if best
+                                                                                      is not None else ""), rate)
         left = state.seconds_left()
         if left is not None and state.status is not Status.FAILED:
             e, s, r = (fmt_seconds(v) for v in left)
-            left_text.show(f"left: epoch {e} · stage {s} · run {r}")  # wraps rather than cuts
+            left_text.show_first_fitting(f"left: epoch {e} · stage {s} · run {r}", f"left: stage {s} · run {r}",
+                                         f"left: run {r}")
         else:
             left_text.show("")

@@ -25,3 +25,14 @@ class TextPanel(Static):
         rows = sum(max(1, -(-cell_len(line) // width)) for line in text.plain.split("\n")) if width > 0 else -1
         self.update(text, layout=rows != self._rows or rows < 0)
         self._rows = rows
+
+    def show_first_fitting(self, *variants: str | Text) -> None:
+        """The first of ``variants`` (longest first) that fits on one line: a line that would
+        wrap or be cut loses whole parts instead."""
+        width = self.content_region.width
+        chosen = variants[-1]
+        for variant in variants:
+            if width <= 0 or cell_len(variant.plain if isinstance(variant, Text) else variant) <= width:
+                chosen = variant
+                break
+        self.show(chosen)
