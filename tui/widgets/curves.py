@@ -258,6 +258,16 @@ class Plot(PlotextPlot):
         self.whole_x = True  # x counts steps or epochs
         self._series: list[Series] = []
         self._extent: list[float] = []  # x_lo, x_hi, y_lo, y_hi of what `line` drew (y in log10 for a log axis)
+        self._state: RunState | None = None
+        self._shown: tuple[object, ...] = ()
+
+    def follow(self, state: RunState, key: tuple[object, ...]) -> None:
+        """Plot ``state``; ``key`` names what `draw` reads of it: the figure is built again
+        only when that moved."""
+        self._state = state
+        if key != self._shown:
+            self._shown = key
+            self.invalidate()
 
     def draw(self, plt: Figure) -> None:
         """Plot this widget's data (titles, `line`s, marks) on the cleared figure."""
@@ -372,16 +382,11 @@ class LossCurve(Plot):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.options = ChartOptions()
-        self._state: RunState | None = None
-        self._shown: tuple[object, ...] = ()
 
     def show(self, state: RunState, options: ChartOptions) -> None:
-        """Plot ``state``'s losses: the figure is built again only if they moved."""
-        key = (id(state.started), state.first_step, len(state.iter_losses), len(state.stage_steps), options)
-        self._state, self.options = state, options
-        if key != self._shown:
-            self._shown = key
-            self.invalidate()
+        self.options = options
+        self.follow(state, (id(state.started), state.first_step, len(state.iter_losses), len(state.stage_steps),
+                            options))
 
     def draw(self, plt: Figure) -> None:
         opts, state = self.options, self._state
@@ -420,15 +425,9 @@ class EpochCurve(Plot):
     def __init__(self, metric: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.metric = metric  # "acc" or "loss"
-        self._state: RunState | None = None
-        self._shown: tuple[object, ...] = ()
 
     def show(self, state: RunState) -> None:
-        key = (id(state.started), len(state.epochs), state.epochs[-1] if state.epochs else None)
-        self._state = state
-        if key != self._shown:
-            self._shown = key
-            self.invalidate()
+        self.follow(state, (id(state.started), len(state.epochs), state.epochs[-1] if state.epochs else None))
 
     def draw(self, plt: Figure) -> None:
         self.titles = (("accuracy % per epoch", "accuracy %", "acc %") if self.metric == "acc"
@@ -448,15 +447,9 @@ class GroupCurve(Plot):
     def __init__(self, metric: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.metric = metric  # "lr" or "grad"
-        self._state: RunState | None = None
-        self._shown: tuple[object, ...] = ()
 
     def show(self, state: RunState) -> None:
-        key = (id(state.started), len(state.group_curves), len(state.stage_groups))
-        self._state = state
-        if key != self._shown:
-            self._shown = key
-            self.invalidate()
+        self.follow(state, (id(state.started), len(state.group_curves), len(state.stage_groups)))
 
     def draw(self, plt: Figure) -> None:
         self.titles = (("learning rate per group", "learning rate", "lr") if self.metric == "lr"
