@@ -12,6 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import Footer, Static
 
+from core.comparison import DEFAULT_METRIC
 from tui.app import RunScreen
 from tui.widgets.compare_view import CompareView
 
@@ -22,7 +23,7 @@ class ComparisonScreen(RunScreen):
         Binding("M", "metric(-1)", "previous metric"),
     ]
 
-    def __init__(self, runs: list[Path], metric: str = "test_acc") -> None:
+    def __init__(self, runs: list[Path], metric: str = DEFAULT_METRIC) -> None:
         super().__init__()
         self.runs = runs
         self.metric = metric

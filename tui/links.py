@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from core.comparison import DEFAULT_METRIC
 from core.config import RunConfig
 from core.control import Control
 from core.errors import CbamError
@@ -115,7 +116,7 @@ class CompareLink:
 
     leaving_stops_run = False
 
-    def __init__(self, runs: list[Path], metric: str = "test_acc") -> None:
+    def __init__(self, runs: list[Path], metric: str = DEFAULT_METRIC) -> None:
         self.runs = runs
         self.metric = metric  # the scalar drawn first
         self._left = threading.Event()
