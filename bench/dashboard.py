@@ -22,7 +22,7 @@ the run directory.
 
 Run from the repository root (needs tmux):
 
-    python bench/dashboard.py [--pairs 3] [--legs dispatch,standard] [--py-spy]
+    python bench/dashboard.py [--pairs 3] [--legs dispatch,standard] [--noise 3] [--py-spy]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CBAM_TUI = str(Path(sys.executable).with_name("cbam-tui"))
 LEGS = {
-    "dispatch": ["--image-size", "8", "--batch-size", "8", "--limit-train", "960", "--limit-test", "32",
+    "dispatch": ["--image-size", "8", "--batch-size", "8", "--limit-train", "2400", "--limit-test", "32",
                  "--stage-epochs", "1,1,1", "--log-every", "5"],
     "standard": ["--image-size", "16", "--batch-size", "32", "--limit-train", "640", "--limit-test", "64",
                  "--stage-epochs", "1,1,1", "--log-every", "5"],
@@ -59,25 +59,42 @@ def events(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
 
 
-def throughput(run_dir: Path) -> tuple[float, list[float], int]:
-    """Training images/s of training time over the run, and per epoch; torch's threads."""
+def throughput(run_dir: Path) -> dict:
+    """Training images/s of training time over the run, over the epochs after the first (the
+    dashboard's start-up, building its screens, falls in the first), and per epoch; torch's threads."""
     evs = events(run_dir)
     started = next(e for e in evs if e["event"] == "run_started")
     epochs = [e for e in evs if e["event"] == "epoch_ended"]
     batch = started["batch_size"]
-    images = sum(e["batches_done"] * batch for e in epochs)
-    seconds = sum(e["batches_done"] * batch / e["images_per_second"] for e in epochs)
-    return images / seconds, [e["images_per_second"] for e in epochs], started.get("threads", 0)
+
+    def rate(some: list[dict]) -> float:
+        images = sum(e["batches_done"] * batch for e in some)
+        return images / sum(e["batches_done"] * batch / e["images_per_second"] for e in some)
+
+    return {"ips": rate(epochs), "later": rate(epochs[1:]), "epochs": [e["images_per_second"] for e in epochs],
+            "threads": started.get("threads", 0)}
 
 
 def tmux(*args: str) -> str:
     return subprocess.run(["tmux", *args], capture_output=True, text=True).stdout
 
 
+def until_finished(log: Path) -> None:
+    """Wait for the run's end by reading its log, as both legs do: the bench's own polling
+    costs the same CPU beside either run."""
+    while not (log.exists() and '"stage_started"' in log.read_text()):
+        time.sleep(0.2)
+    while '"run_finished"' not in log.read_text():
+        time.sleep(0.5)
+
+
 def headless(run_dir: Path, leg: list[str]) -> dict:
-    subprocess.run([CBAM_TUI, "demo", "--headless", "--run-dir", str(run_dir), *leg], check=True, capture_output=True)
-    total, per_epoch, threads = throughput(run_dir)
-    return {"ips": total, "epochs": per_epoch, "threads": threads}
+    proc = subprocess.Popen([CBAM_TUI, "demo", "--headless", "--run-dir", str(run_dir), *leg],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    until_finished(run_dir / "events.jsonl")
+    if proc.wait() != 0:
+        raise SystemExit(f"headless run failed: {proc.stderr.read() if proc.stderr else ''}")
+    return throughput(run_dir)
 
 
 def dashboard(run_dir: Path, leg: list[str], size: tuple[int, int] = (120, 40), keys: str = "",
@@ -110,9 +127,8 @@ def dashboard(run_dir: Path, leg: list[str], size: tuple[int, int] = (120, 40), 
     while not done.exists():
         time.sleep(0.2)
     tmux("kill-pane", "-t", pane)
-    total, per_epoch, threads = throughput(run_dir)
     ui = json.loads(report.read_text())
-    out = {"ips": total, "epochs": per_epoch, "threads": threads, "ui_share": ui["ui_cpu_s"] / max(ui["wall_s"], 1e-9)}
+    out = {**throughput(run_dir), "ui_share": ui["ui_cpu_s"] / max(ui["wall_s"], 1e-9)}
     if spy is not None:
         spy.wait()
         out["gil"] = gil_shares(run_dir.parent / f"{run_dir.name}.gil", py_spy)
@@ -143,18 +159,35 @@ def pairs(tmp: Path, name: str, leg: list[str], n: int, py_spy: float) -> None:
         print(f"{name} pair {r + 1} ({' then '.join(order)}): headless {h['ips']:.1f} img/s "
               f"({step_ms:.0f} ms a step; epochs {', '.join(f'{x:.0f}' for x in h['epochs'])}), dashboard "
               f"{d['ips']:.1f} img/s (epochs {', '.join(f'{x:.0f}' for x in d['epochs'])}) = "
-              f"{100 * d['ips'] / h['ips']:.1f}%; UI thread {100 * d['ui_share']:.2f}% of the wall time; "
+              f"{100 * d['ips'] / h['ips']:.1f}% (after the first epoch {100 * d['later'] / h['later']:.1f}%); "
+              f"UI thread {100 * d['ui_share']:.2f}% of the wall time; "
               f"threads {h['threads']}/{d['threads']}", flush=True)
     ratios = [d["ips"] / h["ips"] for h, d in rows]
+    later = [d["later"] / h["later"] for h, d in rows]
     shares = [d["ui_share"] for _, d in rows]
     print(f"{name}: the dashboard keeps {100 * statistics.median(ratios):.1f}% of headless (median of {n} pairs: "
-          f"{', '.join(f'{100 * x:.1f}%' for x in ratios)}); UI thread median {100 * statistics.median(shares):.2f}% "
+          f"{', '.join(f'{100 * x:.1f}%' for x in ratios)}); "
+          f"after the first epoch {100 * statistics.median(later):.1f}% "
+          f"({', '.join(f'{100 * x:.1f}%' for x in later)}); UI thread median {100 * statistics.median(shares):.2f}% "
           f"of the wall time", flush=True)
     if py_spy:  # a run of its own, outside the pairs: a sampler costs something even when it does not stop it
         d = dashboard(tmp / f"{name}-py-spy", leg, py_spy=py_spy)
         print(f"{name}, py-spy --gil over {py_spy:.0f} s of stage 2: GIL held by "
               f"{', '.join(f'{k} {100 * v:.1f}%' for k, v in d['gil'].items())} of the wall time; the app's own "
               f"measure of the UI thread {100 * d['ui_share']:.2f}%", flush=True)
+
+
+def noise_floor(tmp: Path, name: str, leg: list[str], n: int) -> None:
+    """Headless against headless, the same way: how far two runs that differ in nothing
+    drift apart on this machine, to read the dashboard's pairs against."""
+    ratios = []
+    for r in range(n):
+        a, b = headless(tmp / f"{name}-a-{r}", leg), headless(tmp / f"{name}-b-{r}", leg)
+        ratios.append(b["ips"] / a["ips"])
+        print(f"{name} noise pair {r + 1}: headless {a['ips']:.1f} then headless {b['ips']:.1f} img/s = "
+              f"{100 * ratios[-1]:.1f}%", flush=True)
+    print(f"{name}: headless against itself {100 * statistics.median(ratios):.1f}% (median of {n}; "
+          f"{100 * min(ratios):.1f}% to {100 * max(ratios):.1f}%)", flush=True)
 
 
 def shares_at_sizes(tmp: Path) -> None:
@@ -286,6 +319,8 @@ def main() -> None:
     parser.add_argument("--py-spy", action="store_true",
                         help="after the pairs, one more dashboard run of each leg sampled by py-spy --gil")
     parser.add_argument("--only", choices=("pairs", "sizes", "build", "keys", "attached"), action="append")
+    parser.add_argument("--noise", type=int, default=0, metavar="N",
+                        help="first, N pairs of headless against headless on each leg: the machine's own spread")
     args = parser.parse_args()
     if shutil.which("tmux") is None:
         sys.exit("bench/dashboard.py needs tmux")
@@ -301,6 +336,8 @@ def main() -> None:
         tmp = Path(tmp_name)
         if "pairs" in only:
             for name in args.legs.split(","):
+                if args.noise:
+                    noise_floor(tmp, name, LEGS[name], args.noise)
                 pairs(tmp, name, LEGS[name], args.pairs, 15.0 if args.py_spy else 0.0)
         if "sizes" in only:
             shares_at_sizes(tmp)

@@ -22,10 +22,12 @@ up over the ranks at the same points where one process reads them.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import Enum
 
 import torch
@@ -74,6 +76,25 @@ class Ended(Enum):
     CUT = "next"  # "next stage" cut it short: its stage ends with it
 
 
+@contextlib.contextmanager
+def settled_heap() -> Iterator[None]:
+    """For the loop's duration, keep the collector off what was built before it.
+
+    Everything alive when training starts (torch's own objects, the model, the data, a
+    dashboard's widgets) lives as long as the run. Left in the collector's oldest
+    generation, each full collection walks all of it with the GIL held: one took 150 ms
+    mid-run under the dashboard, every thread stalled (bench/README.md). Frozen, a full
+    collection walks only what training made since. Garbage is collected first, so
+    nothing unreachable is kept; the freeze ends with the loop, for a process that goes
+    on to other work."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 class Trainer:
     def __init__(
         self, config: RunConfig, emit: Emit, control: Control | None = None, rundir: RunDir | None = None,
@@ -115,7 +136,8 @@ class Trainer:
                 )
                 self.monitor.start()
             self._start()
-            return self._loop()
+            with settled_heap():
+                return self._loop()
         except CbamError as exc:
             self.emit(RunFailed(str(exc), self.saving.on_failure()))
             raise

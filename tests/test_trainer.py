@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import re
 import threading
@@ -94,6 +95,22 @@ def test_pause_stops_training_until_resume(tmp_path: Path) -> None:
     between = [e.kind for e in rec.events[p + 1 : r] if not isinstance(e, SystemSample)]
     assert p < r and between == []  # nothing trained while paused
     assert rec.of(Paused)[0].batch == 2 and rec.of(Resumed)[0].batch == 2
+
+
+def test_what_was_built_before_training_is_kept_from_the_collector_while_it_trains(tmp_path: Path) -> None:
+    built_before = [object() for _ in range(3)]  # alive when training starts, as the model and a dashboard are
+    frozen_while_training: list[int] = []
+
+    def react(e) -> None:
+        if isinstance(e, BatchLogged):
+            frozen_while_training.append(gc.get_freeze_count())
+
+    assert gc.get_freeze_count() == 0
+    outcome, _ = train(tiny_config(tmp_path), react)
+    assert outcome == FINISHED and built_before
+    # Frozen: a full collection mid-run walks only what training made (bench/README.md).
+    assert frozen_while_training and min(frozen_while_training) > 1000
+    assert gc.get_freeze_count() == 0  # and released with the loop, for whatever the process does next
 
 
 def test_next_stage_ends_the_epoch_early_and_on_the_last_stage_ends_the_run(tmp_path: Path) -> None:
