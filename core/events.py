@@ -185,6 +185,14 @@ class Evaluating(Event, frozen=True, tag="evaluating"):
     total: int
 
 
+class GpuProcess(Struct, frozen=True):
+    """Another process computing on the same GPU, as NVML names it."""
+
+    pid: int
+    name: str  # the process's name where this process can see it, else ""
+    memory: int  # bytes of the GPU's memory it holds; -1 when NVML does not say
+
+
 class GpuSample(Struct, frozen=True):
     index: int
     name: str
@@ -193,6 +201,7 @@ class GpuSample(Struct, frozen=True):
     memory_total: int
     power: float  # watts; -1 when the device does not say
     temperature: float  # degrees C; -1 when unknown
+    others: tuple[GpuProcess, ...] = ()  # other processes on this GPU (not this one)
 
 
 class SystemSample(Event, frozen=True, tag="system"):

@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from core.events import GpuSample, SystemSample
+from core.events import GpuProcess, GpuSample, SystemSample
 from core.threads import cpu_jiffies
 
 EVERY_S = 1.0
@@ -57,15 +57,38 @@ class Nvml:
             temperature = self._maybe("nvmlDeviceGetTemperature", h, self.nvml.NVML_TEMPERATURE_GPU)
             out.append(GpuSample(
                 index, name.decode() if isinstance(name, bytes) else str(name), util, int(mem.used), int(mem.total),
-                max(power, -1.0), temperature,
+                max(power, -1.0), temperature, self._others(h),
             ))
         return tuple(out)
+
+    def _others(self, handle: Any) -> tuple[GpuProcess, ...]:
+        """The other processes computing on this GPU, largest first (a shared box's neighbours)."""
+        try:
+            found = self.nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        except Exception:  # an old driver or a board that does not say
+            return ()
+        mine, out = os.getpid(), []
+        for p in found:
+            pid = int(getattr(p, "pid", 0))
+            if pid in (0, mine):
+                continue
+            used = getattr(p, "usedGpuMemory", None)
+            out.append(GpuProcess(pid, _process_name(pid), int(used) if isinstance(used, int) else -1))
+        return tuple(sorted(out, key=lambda p: -p.memory))
 
     def _maybe(self, call: str, *args: Any) -> float:
         try:
             return float(getattr(self.nvml, call)(*args))
         except Exception:  # not every board reports power or temperature
             return -1000.0 if call == "nvmlDeviceGetPowerUsage" else -1.0
+
+
+def _process_name(pid: int) -> str:
+    """A process's name, or "" where it is not visible from here (another container's)."""
+    try:
+        return str(psutil.Process(pid).name())
+    except (psutil.Error, OSError):
+        return ""
 
 
 class SystemMonitor:

@@ -62,6 +62,7 @@ MAX_CURVE_POINTS = 1 << 16  # loss lines' rates and gradient norms; beyond, ever
 KEEP_EPOCH_VIEWS = 100  # the newest epochs whose attention maps and per-class results are kept
 MAX_EPOCHS = 300_000  # epochs kept (three stages of a plan's most); only a crafted log has more
 MAX_STAGE_MARKS = 1024
+KEEP_SAMPLES = 60  # readings of the machine kept for its sparklines: a minute at one a second
 
 
 @dataclass
@@ -95,6 +96,7 @@ class RunState:
     epochs: list[EpochEnded] = field(default_factory=list)  # each epoch once, as the latest start left it
     class_reports: list[ClassAccuracy] = field(default_factory=list)  # per epoch, likewise
     attention: list[AttentionMaps] = field(default_factory=list)
+    system_history: list[SystemSample] = field(default_factory=list)  # the last KEEP_SAMPLES readings
     # At each loss line: (global step, stage, each group's learning rate, each group's gradient norm).
     group_curves: list[tuple[int, int, tuple[float, ...], tuple[float, ...]]] = field(default_factory=list)
     stage_groups: dict[int, tuple[str, ...]] = field(default_factory=dict)  # stage -> its group names
@@ -159,6 +161,9 @@ class RunState:
                 self.status = Status.EVALUATING
         elif isinstance(e, SystemSample):
             self.system = e
+            if self.keep_losses:
+                self.system_history.append(e)
+                del self.system_history[:-KEEP_SAMPLES]
         elif isinstance(e, ClassAccuracy):
             if self.keep_losses:
                 self.class_reports.append(e)
@@ -336,7 +341,7 @@ class RunState:
 
     def _drop_histories(self) -> None:
         self.iter_losses, self.loss_partial, self.loss_stride = array("f"), (0.0, 0), 1
-        self.class_reports, self.attention, self.group_curves = [], [], []
+        self.class_reports, self.attention, self.group_curves, self.system_history = [], [], [], []
         self.curve_seen, self.curve_stride = 0, 1
 
     def light(self) -> RunState:

@@ -210,7 +210,7 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_summary_prints_the_tree_and_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(capsys, "summary", "--preset", "seed")
     assert code == 0
-    assert "◆ CBAM (cbam_layer1)" in out and "[1, 64, 32, 32]" in out
+    assert "◆ CBAM (cbam1)" in out and "cbam_layer" not in out and "[1, 64, 32, 32]" in out
     assert "11,217,874" in out and "Params size (MB): 44.87" in out and "frozen" in out and "lr 1e-03" in out
 
 

@@ -4,12 +4,14 @@ time left in hours, and torchinfo's totals per stage."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import types
 from pathlib import Path
 
 import msgspec
+import psutil
 import pytest
 import torch
 
@@ -19,9 +21,12 @@ from core.events import (
     ClassAccuracy,
     EpochEnded,
     Evaluating,
+    GpuProcess,
+    GpuSample,
     IterLosses,
     Progress,
     StageStarted,
+    SystemSample,
 )
 from core.hardware import Nvml, SystemMonitor
 from core.plan import PlanOptions
@@ -34,6 +39,7 @@ from tui.app import make_app
 from tui.links import InProcessLink
 from tui.widgets.attention_view import AttentionView
 from tui.widgets.curves import LossCurve
+from tui.widgets.hardware import sparkline
 from tui.widgets.model_tree import totals
 
 
@@ -55,7 +61,19 @@ def fake_nvml(devices: int = 2) -> types.ModuleType:
 
     nvml.nvmlDeviceGetPowerUsage = power
     nvml.nvmlDeviceGetTemperature = lambda h, sensor: 60 + h
+
+    def processes(h: int) -> list[types.SimpleNamespace]:
+        if h == 1:
+            raise RuntimeError("Not Supported")
+        return [types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=2**30),  # this process: not an "other"
+                types.SimpleNamespace(pid=NOWHERE_PID, usedGpuMemory=None),  # another container's, memory unknown
+                types.SimpleNamespace(pid=os.getppid(), usedGpuMemory=3 * 2**30)]
+
+    nvml.nvmlDeviceGetComputeRunningProcesses = processes
     return nvml
+
+
+NOWHERE_PID = 4_000_000  # above Linux's largest pid: no process here has it
 
 
 def test_the_machine_is_read_through_nvml_when_there_is_one(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,6 +84,10 @@ def test_the_machine_is_read_through_nvml_when_there_is_one(monkeypatch: pytest.
     assert [(g.index, g.utilization, g.memory_used, g.power, g.temperature) for g in gpus] == [
         (0, 90.0, 2**30, 250.0, 60.0), (1, 50.0, 2 * 2**30, -1.0, 61.0)]
     assert gpus[0].name == "NVIDIA H200" and nvml.note == ""
+    # The neighbours on each GPU, largest first, named where this process can see them.
+    parent = psutil.Process(os.getppid()).name()
+    assert gpus[0].others == (GpuProcess(os.getppid(), parent, 3 * 2**30), GpuProcess(NOWHERE_PID, "", -1))
+    assert gpus[1].others == ()  # a board that does not say
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     assert [g.index for g in Nvml().sample()] == [1]
     sample = SystemMonitor(lambda e: None).sample()
@@ -215,6 +237,54 @@ async def test_every_view_and_the_chart_keys(tmp_path: Path) -> None:
         assert (app.screen.chart.smooth, app.screen.chart.log_scale, app.screen.chart.this_stage) == (True, True, True)
         await until(pilot, lambda: app.settled)
         assert "EMA · log · stage 1" in app.query_one("#loss-curve", LossCurve).text
+        await pilot.press("q", "y")
+
+
+async def test_this_stage_at_a_stage_start_shows_the_last_stage_with_losses(tmp_path: Path) -> None:
+    def to_stage_two():  # type: ignore[no-untyped-def]
+        for event in events(epochs=6, batches=200):
+            yield event
+            if isinstance(event, StageStarted) and event.stage == 2:
+                return  # stage 2 has begun and has no loss yet
+
+    app = make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(to_stage_two)))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.state.stage is not None and app.state.stage.stage == 2 and app.settled)
+        await pilot.press("w")
+        await until(pilot, lambda: app.settled)
+        text = app.query_one("#loss-curve", LossCurve).text
+        assert "(stage 1)" in text  # what it shows, said in its title
+        plotted = [line for line in text.splitlines()[1:] if any(c in line for c in "⠁⠂⠄⡀⢀⠠⠐⠈⣀⣤⣶⣿▄▀█")]
+        assert plotted, text  # stage 1's losses, not an empty chart
+        await pilot.press("q", "y")
+
+
+def test_sparklines_scale_to_their_top_and_keep_the_newest_readings() -> None:
+    assert sparkline([0, 50, 100], 100) == "▁▅█"
+    assert sparkline([2, 4], 0) == "▅█"  # no top: the largest is
+    assert sparkline([0, 0], 0) == "▁▁" and sparkline([250], 100) == "█"
+
+
+async def test_view_3_shows_the_last_minute_and_the_other_processes_on_each_gpu(tmp_path: Path) -> None:
+    def busy_gpu():  # type: ignore[no-untyped-def]
+        yield from events(epochs=1, batches=100)
+        for i in range(90):  # a minute and a half of readings, utilisation climbing
+            gpu = GpuSample(0, "NVIDIA H200", float(i % 101), (i + 1) * 2**30, 100 * 2**30, 300.0, 70.0,
+                            (GpuProcess(4242, "python", 3 * 2**30), GpuProcess(77, "", -1)))
+            yield SystemSample(cpu_percent=150.0, rss=2**30, gpus=(gpu,), cpus=2.0)
+
+    app = make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(busy_gpu)))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: len(app.state.system_history) == 60 and app.settled)
+        await pilot.press("3")
+        await until(pilot, lambda: app.settled)
+        text = text_of(app.query_one("#hardware-full"))
+        util = next(line for line in text.splitlines() if "gpu0 util" in line)
+        spark = util.split()[2]
+        assert set(spark) <= set("▁▂▃▄▅▆▇█") and len(spark) == 60  # the last minute, one reading a second
+        assert spark[0] < spark[-1]  # the newest on the right: 30% then 89%
+        assert "also on gpu0: python (pid 4242) 3.0 GiB · pid 77" in text
+        assert any("cpu" in line and "of 2 CPUs, last minute" in line for line in text.splitlines())
         await pilot.press("q", "y")
 
 

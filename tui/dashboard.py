@@ -26,7 +26,7 @@ from core.errors import CbamError
 from core.events import Event, SystemSample
 from core.vocab import Command, Status
 from tui.app import RunScreen
-from tui.budget import BUDGET, CURVES_BUDGET
+from tui.budget import share_for
 from tui.intake import urgent
 from tui.widgets.attention_view import AttentionView
 from tui.widgets.class_view import ClassView
@@ -196,6 +196,7 @@ class DashboardScreen(RunScreen):
         if state.status != self._status:
             self._status = state.status
             fresh = True
+        if fresh:  # a change of state: the keys that act may have changed (a stage's start gives the steering keys)
             self._bindings_may_have_changed()
         # The budget protects a run that trains: one that says RUNNING but sends no progress
         # (stalled, or a stand-in) has nothing to lose to a redraw.
@@ -206,7 +207,7 @@ class DashboardScreen(RunScreen):
 
     def _redraw(self, fresh: bool = False) -> None:
         budget, view = self.run_app.budget, self._view
-        budget.budget = CURVES_BUDGET if view == View.CURVES else BUDGET
+        budget.budget = share_for(view == View.CURVES, self._crowded())
         for panel in self._panels.get(view, ()):
             key = panel.key()
             if key == panel.drawn:
@@ -219,6 +220,13 @@ class DashboardScreen(RunScreen):
         if not self._tree_built and state.started is not None:
             self.query_one(ModelTree).update_from(state)  # built while hidden: the first look is instant
             self._tree_built = True
+
+    def _crowded(self) -> bool:
+        """Whether the run trains on the CPU with a torch thread on every core it may use."""
+        state = self.run_app.state
+        started, system = state.started, state.system
+        return (started is not None and system is not None and started.device.startswith("cpu")
+                and system.cpus > 0 and started.threads >= int(system.cpus))
 
     def redraw(self) -> None:
         """Everything on the view shown that changed, now (a key, a resize, a new view)."""
@@ -296,8 +304,9 @@ class DashboardScreen(RunScreen):
                                       lambda: tree.update_from(state), fast=True)],
             View.SYSTEM: [
                 status, log,
-                Panel("hardware", lambda: (id(state.system), state.data_share, self._ui_line()),
-                      lambda: hardware_full.update_from(state, self._ui_line()), fast=True),
+                Panel("hardware",
+                      lambda: (id(state.system), state.data_share, self._ui_line(), hardware_full.size.width),
+                      lambda: hardware_full.update_from(state, self._ui_line(), history=True), fast=True),
             ],
             View.CLASSES: [status, Panel("view", lambda: (len(state.class_reports), id(state.started)),
                                          lambda: classes.update_from(state), fast=True)],

@@ -8,8 +8,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from core.layout import MODULES
+
 CBAM_MARK = "◆"  # survives a monochrome terminal; colour is only a second cue
 CBAM_STYLE = "bold magenta"
+NAMES = {path: name for name, path in MODULES.items()}  # the names plans, the module table and view 5 use
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
@@ -17,7 +20,7 @@ def shape_text(shape: tuple[int, ...]) -> str:
 
 
 def row_label(path: str, type_: str, is_cbam: bool) -> Text:
-    name = path.rsplit(".", 1)[-1] if path else "model"
+    name = NAMES.get(path) or path.rsplit(".", 1)[-1] if path else "model"
     label = Text(f"{type_} ({name})" if path else type_)
     if is_cbam:
         label = Text(f"{CBAM_MARK} ", style=CBAM_STYLE) + Text(label.plain, style=CBAM_STYLE)
@@ -33,7 +36,6 @@ def print_summary(
     image_size: int,
     depth: int,
 ) -> None:
-    from core.layout import MODULES
     from core.model import ResNet18CBAM, module_parameters
     from core.plan import PlanOptions, assign_groups, build_plan
     from core.tree import summarize

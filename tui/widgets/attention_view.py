@@ -93,9 +93,7 @@ def attention_lines(state: RunState, back: int, width: int) -> list[Line]:
     if not maps.images:
         return lines
     shrink = next((f for f in (1, 2, 4) if max(_card_width(image, f) for image in maps.images) <= width), 4)
-    thumb_w = max(_thumb_width(image, shrink) for image in maps.images)  # the same columns in every card
-    cards = [_card(image, shrink, thumb_w) for image in maps.images]
-    card_w = max(_card_width(image, shrink, thumb_w) for image in maps.images)
+    cards, card_w = _cards(maps, shrink)
     per_row = max(1, (width + CARD_GAP) // (card_w + CARD_GAP))
     for start in range(0, len(cards), per_row):
         row = cards[start : start + per_row]
@@ -108,6 +106,15 @@ def attention_lines(state: RunState, back: int, width: int) -> list[Line]:
                 line += card[y] if y < len(card) else [Segment(" " * card_w)]
             lines.append(line)
     return lines
+
+
+@lru_cache(maxsize=4)
+def _cards(maps: AttentionMaps, shrink: int) -> tuple[list[list[Line]], int]:
+    """Each image's card and the cards' width: built once per epoch and scale, whatever the
+    width (a scroll bar appearing narrows the view only by a column or two)."""
+    thumb_w = max(_thumb_width(image, shrink) for image in maps.images)  # the same columns in every card
+    cards = [_card(image, shrink, thumb_w) for image in maps.images]
+    return cards, max(_card_width(image, shrink, thumb_w) for image in maps.images)
 
 
 def _fit(text: str, width: int) -> str:
@@ -204,7 +211,7 @@ def _level_rows(block: BlockAttention, shrink: int) -> list[list[tuple[tuple[int
     return _pairs([[_colour(round(v)) for v in row] for row in levels])
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=16384)  # ten 32x32 images and their maps: about 6,000 colour pairs
 def _cell_style(top: tuple[int, int, int], bottom: tuple[int, int, int]) -> Style:
     return Style(color=Color.from_rgb(*top), bgcolor=Color.from_rgb(*bottom))
 

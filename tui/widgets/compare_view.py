@@ -88,33 +88,30 @@ class CompareCurve(Plot):
         super().__init__(**kwargs)
         self.metric = metric
         self.runs: list[Tracked] = []
+        self.legend_row = True  # which run is which matters more than the plot's last row
 
     def show(self, runs: list[Tracked], metric: str) -> None:
         self.runs, self.metric = runs, metric
         self.invalidate()
 
     def draw(self, plt: Figure) -> None:
-        plt.title(f"{metric_title(self.metric)} · {self.metric} (m: next)")
-        positive = self.metric.partition("/")[0] in PER_GROUP  # rates and norms span decades: a log axis
+        title = metric_title(self.metric)
+        self.titles = (f"{title} · {self.metric} (m: next)", f"{title} (m: next)", title, self.metric)
+        # Rates and norms span decades: a log axis, its ticks at whole decades (Plot._axes).
+        self.log_y = self.metric.partition("/")[0] in PER_GROUP
         columns = max(self.size.width - 8, 10)
         switches: set[float] = set()
-        epochs: set[int] = set()
-        drawn = False
         by_epoch = not is_line_metric(self.metric)
         for run in self.runs:
             points = run.series(self.metric)
             xs, ys = list(points.x), list(points.y)
-            if positive:
+            if self.log_y:
                 kept = [(x, y) for x, y in zip(xs, ys, strict=True) if y > 0]
                 xs, ys = [x for x, _ in kept], [y for _, y in kept]
             if len(xs) > columns * self.per_column:  # a few points a column, each column's extremes kept
                 at, ys = envelope(ys, 0, columns, self.per_column)
                 xs = [xs[int(i)] for i in at]
-            if xs:
-                plt.plot(xs, ys, label=run.path.name[-LABEL:], marker="braille")
-                drawn = True
-                if by_epoch:
-                    epochs.update(xs)
+            self.line(plt, xs, ys, run.path.name[-LABEL:])  # whole epochs or steps on x, y from low to high
             if by_epoch and run.state.started is not None:
                 first = 1
                 for _, length in run.state.started.stages[:-1]:
@@ -122,12 +119,9 @@ class CompareCurve(Plot):
                     switches.add(first - 0.5)
             elif not by_epoch:
                 switches.update(step + 0.5 for step, _ in run.state.stage_steps[1:])
-        if positive and drawn:
-            plt.yscale("log")
-        if 0 < len(epochs) <= 10:
-            plt.xticks([float(e) for e in sorted(epochs)])  # whole epochs, not 1.25
         for x in sorted(switches):
-            plt.vertical_line(x, color="gray")
+            if self._extent and self._extent[0] <= x <= self._extent[1]:
+                plt.vertical_line(x, color="gray")
 
 
 class CompareView(Vertical):

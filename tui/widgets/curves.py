@@ -256,6 +256,7 @@ class Plot(PlotextPlot):
         self.titles: tuple[str, ...] = ()  # the longest title that fits is shown
         self.log_y = False
         self.whole_x = True  # x counts steps or epochs
+        self.legend_row = False  # a legend that does not fit beside the title gets a row of its own
         self._series: list[Series] = []
         self._extent: list[float] = []  # x_lo, x_hi, y_lo, y_hi of what `line` drew (y in log10 for a log axis)
         self._state: RunState | None = None
@@ -322,15 +323,16 @@ class Plot(PlotextPlot):
         plt.clear_figure()
         self._series, self._extent, self.log_y = [], [], False
         self.draw(plt)
-        own = bool(self.titles)  # the title row is this widget's; the figure takes the rest
-        rows = height - 1 if own else height
+        own = bool(self.titles)  # the title row is this widget's (and the legend's); the figure takes the rest
+        heads = self._title_strips(width) if own else []
+        rows = height - len(heads)
         if self._extent:
             self._axes(plt, width, rows)
         plt.plotsize(width, rows)
         plt._set_size(width, rows)  # as textual_plotext does: plotsize alone does not always take
         plt.theme(self._get_plotext_theme_name(self.app.theme))
         strips = figure_strips(plt)
-        return [self._title_strip(width), *strips] if own else strips
+        return [*heads, *strips]
 
     def _axes(self, plt: Figure, width: int, rows: int) -> None:
         """Ticks that plotext would place at 1.25 or upside down, placed here instead."""
@@ -352,22 +354,37 @@ class Plot(PlotextPlot):
         plt.xlim(x_lo, x_hi)
         plt.xticks(x_ticks, labels_for(x_ticks))
 
-    def _title_strip(self, width: int) -> Strip:
-        """The longest title that fits, with the legend when it fits too: whole words only."""
+    def _title_strips(self, width: int) -> list[Strip]:
+        """The longest title that fits, with the legend when it fits too: whole words only.
+        Where the legend does not fit beside a title, a plot that names several runs
+        (``legend_row``) gives it a row of its own, each label cut to its end; others drop it."""
         base = self.rich_style
-        legend: list[Segment] = []
-        for s in self._series:
-            legend += [Segment("  ━━ ", base + Style(color=Color.from_rgb(*s.colour), bold=True)),
-                       Segment(s.label, base)]
+        legend = self._legend(base)
         legend_width = sum(len(seg.text) for seg in legend)
         title = next((t for t in self.titles if len(t) + legend_width <= width), None)
-        if title is None:
-            legend, legend_width = [], 0
-            title = next((t for t in self.titles if len(t) <= width), "")
-        used = len(title) + legend_width
-        left = (width - used) // 2
-        segments = [Segment(" " * left, base), Segment(title, base + Style(bold=True)), *legend]
-        return Strip(segments, left + used).crop_extend(0, width, base)
+        if title is not None:
+            return [self._centred([Segment(title, base + Style(bold=True)), *legend], width)]
+        title = next((t for t in self.titles if len(t) <= width), "")
+        head = self._centred([Segment(title, base + Style(bold=True))], width)
+        if not self.legend_row or not self._series:
+            return [head]
+        n = len(self._series)
+        keep = max(4, (width - 5 * n) // n)  # "  ━━ " and the label's last characters
+        return [head, self._centred(self._legend(base, keep), width)]
+
+    def _legend(self, base: Style, keep: int = 0) -> list[Segment]:
+        legend: list[Segment] = []
+        for s in self._series:
+            label = s.label[-keep:] if keep and len(s.label) > keep else s.label
+            legend += [Segment("  ━━ ", base + Style(color=Color.from_rgb(*s.colour), bold=True)),
+                       Segment(label, base)]
+        return legend
+
+    def _centred(self, segments: list[Segment], width: int) -> Strip:
+        base = self.rich_style
+        used = sum(len(seg.text) for seg in segments)
+        left = max((width - used) // 2, 0)
+        return Strip([Segment(" " * left, base), *segments], left + used).crop_extend(0, width, base)
 
     @property
     def text(self) -> str:
