@@ -46,6 +46,8 @@ def test_no_input_produces_a_traceback(
     for entry in ("headless", "dashboard"):
         monkeypatch.setattr(tui.launch, entry, lambda config: started.append(config) or 0)
     monkeypatch.setattr(tui.launch, "detach", lambda config, home: started.append(config) or 0)
+    # --nproc-per-node N launches N training processes: as much a start as the others.
+    monkeypatch.setattr(tui.launch, "processes", lambda config, home, show_dashboard, rundir=None: started.append(config) or 0)
     monkeypatch.chdir(tmp_path)
     code, out, err = cli(capsys, *args)
     assert "Traceback" not in out + err
