@@ -13,6 +13,7 @@ from textual.binding import Binding
 from textual.widgets import Footer, Static
 
 from core.comparison import DEFAULT_METRIC
+from core.events import counted
 from tui.app import RunScreen
 from tui.widgets.compare_view import CompareView
 
@@ -34,7 +35,7 @@ class ComparisonScreen(RunScreen):
         yield Footer()
 
     def head(self) -> Text:
-        return Text(f" COMPARE  {len(self.runs)} runs · {self.metric} (m/M: next/previous) · "
+        return Text(f" COMPARE  {counted(len(self.runs), 'run')} · {self.metric} (m/M: next/previous) · "
                     "refreshed every second · q leaves", style="bold")
 
     def action_metric(self, step: int) -> None:

@@ -42,7 +42,10 @@ class HardwarePanel(TextPanel):
         proc.append(f"cpu {s.cpu_percent:.0f}% · {s.rss / GIB:.1f} GiB resident")
         if s.cuda_peak:
             proc.append(f" · cuda peak {s.cuda_peak / GIB:.1f} GiB")
-        proc.append(f" · batch prep {100 * state.data_share:.0f}% of a step")
+        prep = f"batch prep {100 * state.data_share:.0f}% of a step"
+        width = self.content_region.width
+        fits = width <= 0 or proc.cell_len + 3 + len(prep) <= width
+        proc.append(f" · {prep}" if fits else f"\n{'':>8}{prep}")  # a line of its own rather than a broken one
         lines.append(proc)
         if history:  # against the CPUs it may use; where they are not known, against its busiest second
             cores = s.cpus
