@@ -137,6 +137,7 @@ class Workers:
         self.appended: RunFailed | None = None  # the failure this process added to the run's events
         self.killed: str | None = None  # why the ranks had to be killed (they did not stop in time)
         self.signalled = False  # the first rank to fail was killed by a signal: only this process knows it
+        self.first_failed = ""  # "rank N (pid P)": the first rank to fail, as the launcher saw it
         self._stop_reason: StopReason | None = None
         self._logs: Dir | None = None
         self._lifeline: Lifeline | None = None
@@ -193,7 +194,8 @@ class Workers:
             else:
                 how = f"exited with code {first.exitcode}"
             log = self._shown(first.error_file).with_name("stderr.log")
-            self.failure = f"rank {rank} (pid {first.pid}) {how}" + (f" (its output: {log})" if log.is_file() else "")
+            self.first_failed = f"rank {rank} (pid {first.pid})"
+            self.failure = f"{self.first_failed} {how}" + (f" (its output: {log})" if log.is_file() else "")
         except Exception as exc:  # the launcher itself: rendezvous, a port, a spawn
             self.failure = f"the launcher failed: {type(exc).__name__}: {exc}"
         finally:
@@ -236,8 +238,11 @@ class Workers:
         stopped = StopReason.of_text(state.ended.reason) if isinstance(state.ended, RunStopped) else None
         if stopped is not None:
             return stopped
-        # A failure the ranks wrote already is not said twice; a signal that killed one is news.
-        if self.killed is not None or self.signalled or not state.status.ended:
+        # A failure the ranks wrote already is not said twice; a signal that killed one is news,
+        # unless what they wrote names that rank (a sibling's watchdog killed one that stopped answering).
+        explained = (self.signalled and isinstance(state.ended, RunFailed) and bool(self.first_failed)
+                     and self.first_failed in state.ended.message)
+        if self.killed is not None or (self.signalled and not explained) or not state.status.ended:
             kept = self.rundir.checkpoint_path() if self.rundir.has_checkpoint() else None
             why = self.killed or self.failure or "the training processes ended without a final event"
             self.appended = RunFailed(why + "; the group stopped", str(kept) if kept else None)

@@ -20,9 +20,9 @@ import torch
 from core.rundir import RunDir, probe_owner
 from core.runs import inspect_run
 from core.safefs import Dir
-from core.vocab import Status
+from core.vocab import Status, StopReason
 from tests.e2e.terminal import gone
-from tests.helpers import CBAM_TUI, COMMON, cbam, of, wait_for
+from tests.helpers import CBAM_TUI, COMMON, cbam, fake_run, of, wait_for
 
 GROUP = [*COMMON, "--image-size", "8", "--limit-test", "16", "--batch-size", "8", "--nproc-per-node", "2"]
 
@@ -177,3 +177,26 @@ def test_sigusr1_twice_while_a_checkpoint_is_written_gives_one_stop_checkpoint_a
     resumed = cbam(tmp_path, "run", "--resume", str(run), "--headless", "--nproc-per-node", "2")
     assert resumed.returncode == 0, resumed.stderr
     assert metrics_epochs(run) == [1, 2]
+
+
+@pytest.mark.parametrize("written", ["rank 1 (pid 4242) stopped answering for 3 s", "rank 0 (pid 4241) failed: disk"])
+def test_a_rank_a_sibling_killed_is_not_said_twice_but_an_unexplained_kill_is(tmp_path: Path, written: str) -> None:
+    # The launcher may see the frozen rank's SIGKILL (from its sibling's watchdog) as the first
+    # failure, before the sibling's own exit: what the ranks wrote already names it.
+    from core.events import RunFailed
+    from tui.workers import Workers
+
+    run, _ = fake_run(tmp_path, "run", [RunFailed(written)])
+    rundir = RunDir.open(run)
+    try:
+        workers = Workers(rundir, 2)
+        workers.signalled, workers.first_failed = True, "rank 1 (pid 4242)"
+        workers.failure = "rank 1 (pid 4242) was killed by SIGKILL"
+        workers.done.set()
+        assert workers.finish() == StopReason.FAILED
+    finally:
+        rundir.close()
+    if written.startswith("rank 1"):
+        assert workers.appended is None  # the watchdog's line stands, once
+    else:
+        assert workers.appended is not None and "killed by SIGKILL" in workers.appended.message
