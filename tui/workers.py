@@ -240,8 +240,8 @@ class Workers:
             return stopped
         # A failure the ranks wrote already is not said twice; a signal that killed one is news,
         # unless what they wrote names that rank (a sibling's watchdog killed one that stopped answering).
-        explained = (self.signalled and isinstance(state.ended, RunFailed) and bool(self.first_failed)
-                     and self.first_failed in state.ended.message)
+        ended = state.ended
+        explained = isinstance(ended, RunFailed) and bool(self.first_failed) and self.first_failed in ended.message
         if self.killed is not None or (self.signalled and not explained) or not state.status.ended:
             kept = self.rundir.checkpoint_path() if self.rundir.has_checkpoint() else None
             why = self.killed or self.failure or "the training processes ended without a final event"

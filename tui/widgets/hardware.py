@@ -65,7 +65,6 @@ class HardwarePanel(TextPanel):
             lines.append(ui, style="dim")
         self.show(lines)
 
-
     def _gpu_history(self, state: RunState, index: int) -> Text:
         readings = [g for x in state.system_history for g in x.gpus if g.index == index]
         out = Text()
