@@ -564,9 +564,11 @@ def describe(e: Event) -> list[str]:
         ]
     if isinstance(e, RunStopped):
         what = e.detail or e.reason
-        kept = f"; continue with: cbam-tui run --resume {resume_target(e.checkpoint)}" if e.checkpoint else (
-            "; no checkpoint was kept")
-        return [f"stopped ({what}) at epoch {e.epoch}, batch {e.batch}{kept}"]
+        stopped = f"stopped ({what}) at epoch {e.epoch}, batch {e.batch}"
+        if not e.checkpoint:
+            return [f"{stopped}; no checkpoint was kept"]
+        # The command on a line of its own: a narrow log cuts a line's end, and this one is to copy.
+        return [stopped, f"continue with: cbam-tui run --resume {resume_target(e.checkpoint)}"]
     if isinstance(e, RunFailed):
         kept = f"; last checkpoint {e.checkpoint}" if e.checkpoint else ""
         return [f"failed: {e.message}{kept}"]

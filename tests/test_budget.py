@@ -4,13 +4,32 @@ shows, and no spike is averaged away."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from core.events import BatchLogged, Evaluating, IterLosses, Paused, Progress, StageStarted, SystemSample
-from tui.budget import AIM_HIGH, AIM_LOW, HIGH_FACTOR, MAX_FACTOR, WINDOW_S, RenderBudget
+from core.events import (
+    BatchLogged,
+    EpochEnded,
+    Evaluating,
+    Event,
+    IterLosses,
+    Paused,
+    Progress,
+    StageStarted,
+    SystemSample,
+)
+from tests.conftest import tiny_config
+from tests.helpers import until
+from tests.scripted import ScriptedTrainer, events
+from tui.app import make_app
+from tui.budget import AIM_HIGH, AIM_LOW, HIGH_FACTOR, MAX_FACTOR, STALEST_S, WINDOW_S, RenderBudget
 from tui.intake import Intake, urgent
-from tui.widgets.curves import bucket_means, envelope
+from tui.links import InProcessLink
+from tui.widgets.curves import EpochCurve, bucket_means, envelope
 
 
 class FakeTime:
@@ -53,7 +72,10 @@ def test_a_fast_dashboard_comes_back_to_its_base_rate() -> None:
     b = budget_with(t)
     t.run(2 * WINDOW_S, 0.20, b)
     assert b.factor > HIGH_FACTOR and b.high
-    assert b.period("hardware") == 4 * b.period("loss") and b.points_per_column == 1  # optional panels wait longer
+    assert b.period("stage") < b.period("loss") == STALEST_S  # the factor stretches every period, up to a glance
+    b.factor = HIGH_FACTOR
+    assert b.period("hardware") == min(4 * b.period("loss"), STALEST_S) > b.period("loss")  # optional panels wait longer
+    assert b.points_per_column == 1
     t.run(60, 0.002, b)  # a tenth of the budget
     assert b.factor == 1.0 and not b.high and b.points_per_column == 2
 
@@ -78,6 +100,19 @@ def test_panels_are_due_after_their_period_times_the_factor() -> None:
     b.factor = 3.0
     b.drawn("loss")
     t.wall += 5.9
+    assert not b.due("loss")
+    t.wall += 0.2
+    assert b.due("loss")
+
+
+def test_no_panel_that_moved_waits_longer_than_a_glance_whatever_the_factor() -> None:
+    t = FakeTime()
+    b = budget_with(t)
+    t.run(120, 1.0, b)  # fifty times the budget: the factor at its ceiling
+    assert b.factor == MAX_FACTOR and b.period("stage") == 0.5 * MAX_FACTOR < STALEST_S
+    assert b.period("loss") == b.period("hardware") == STALEST_S  # not 32 s and 128 s
+    b.drawn("loss")
+    t.wall += STALEST_S - 0.1
     assert not b.due("loss")
     t.wall += 0.2
     assert b.due("loss")
@@ -136,3 +171,34 @@ def test_only_a_change_of_state_wakes_the_ui() -> None:
 def test_which_events_are_urgent() -> None:
     assert urgent(Evaluating(1, 1, 0, 10)) and not urgent(Evaluating(1, 1, 5, 10))
     assert urgent(Paused(1, 1, 1, "user")) and not urgent(Progress(1, 1, 1, 1, 1.0, 0.0))
+
+
+async def test_an_epochs_end_reaches_the_charts_at_once_however_far_over_its_budget_the_dashboard_is(
+        tmp_path: Path) -> None:
+    script = list(events(epochs=3, batches=200, log_every=50))
+    ends = [i for i, e in enumerate(script) if isinstance(e, EpochEnded)]
+    gates = threading.Event(), threading.Event()
+
+    def held() -> Iterator[Event]:
+        yield from script[: ends[0] + 1]
+        gates[0].wait(30)
+        yield from script[ends[0] + 1: ends[1] + 1]  # the second epoch, streamed in, and its end
+        gates[1].wait(30)  # then the run trains on quietly
+        yield from script[ends[1] + 1:]
+
+    app = make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(held)))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: len(app.state.epochs) == 1 and app.settled)
+        acc, budget = app.query_one("#acc-curve", EpochCurve), app.budget
+        built = acc.builds
+        budget.factor = MAX_FACTOR  # as far over its budget as it gets
+        budget._adapted_at = budget.clock() + 60  # and it stays there for the test
+        for name in budget.cadences:
+            budget.drawn(name)
+        gates[0].set()
+        await until(pilot, lambda: len(app.state.epochs) == 2, timeout=10)
+        # Within a second, while the budget still holds (it rests once no progress came for IDLE_S):
+        await until(pilot, lambda: acc.builds > built, timeout=1.0)
+        assert budget.active and budget.factor == MAX_FACTOR
+        gates[1].set()
+        await pilot.press("q", "y")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from textual.app import App, ComposeResult
 
-from core.events import EpochEnded, StageStarted
+from core.events import EpochEnded, RunStopped, StageStarted
 from tests.scripted import events
 from tui.widgets.loss_log import LineKind, LogLine, LossLog, log_lines, note
 
@@ -27,6 +27,19 @@ def test_an_events_log_lines_carry_the_kind_the_event_gives_them() -> None:
     assert details and {line.kind for line in details} == {LineKind.TEXT}
     assert [line.kind for line in log_lines(epoch)] == [LineKind.EPOCH]
     assert note("cannot pause: the run has finished") == LogLine(LineKind.NOTE, "> cannot pause: the run has finished")
+
+
+def test_the_command_to_continue_a_stopped_run_has_a_line_of_its_own_that_a_narrow_log_keeps_whole() -> None:
+    from tui.widgets.loss_log import fit_line
+
+    run = Path("/work/walk/runs/20261204-051430-resumeme")
+    stopped = RunStopped("stop", 1, 3, 20, str(run / "checkpoints" / "last.pt"), detail="stop command")
+    what, command = (line.text for line in log_lines(stopped))
+    assert what == "stopped (stop command) at epoch 3, batch 20"
+    assert command == f"continue with: cbam-tui run --resume {run}"
+    assert fit_line(command, 96) == command  # the log at 100x30: whole, where the one line was cut before the path
+    assert [line.text for line in log_lines(RunStopped("quit", 1, 1, 0, None))] == [
+        "stopped (quit) at epoch 1, batch 0; no checkpoint was kept"]
 
 
 class OneLog(App[None]):

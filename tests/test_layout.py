@@ -182,3 +182,62 @@ async def test_a_learning_rate_panel_with_a_few_rows_is_whole_or_hidden(rows: in
         plot.show(state)
         await pilot.pause()
         assert plot_problems(screen_rows(app, plot.region)) == []
+
+
+def state_of(script) -> object:  # type: ignore[no-untyped-def]
+    from core.state import RunState
+
+    state = RunState()
+    for event in script:
+        state.apply(event)
+    return state
+
+
+async def test_one_epoch_is_shown_alone_on_its_axis_not_with_an_epoch_0_before_it() -> None:
+    from tui.widgets.curves import EpochCurve
+
+    plot = EpochCurve("acc")
+    app = OnePlot(plot, (40, 12))
+    async with app.run_test(size=(60, 14)) as pilot:
+        plot.show(state_of(events(epochs=1, batches=20, log_every=10)))
+        await pilot.pause()
+        rows = screen_rows(app, plot.region)
+        bottom = next(i for i, r in enumerate(rows) if "└" in r)
+        assert rows[bottom + 1].split() == ["1"] and plot_problems(rows) == []
+
+
+async def test_the_stage_marks_sit_in_a_row_of_their_own_above_the_losses() -> None:
+    from tui.widgets.curves import ChartOptions, LossCurve
+
+    state = state_of(events(epochs=21, batches=40, log_every=10, gpus=False))  # stages 2 and 3 began
+    plot = LossCurve()
+    app = OnePlot(plot, (60, 14))
+    async with app.run_test(size=(70, 16)) as pilot:
+        for options in (ChartOptions(), ChartOptions(log_scale=True)):
+            plot.show(state, options)
+            await pilot.pause()
+            rows = screen_rows(app, plot.region)
+            marked = [r for r in rows if "S2" in r]
+            assert marked and "S3" in marked[0], rows
+            assert not re.search("[\u2801-\u28ff]", marked[0]), f"losses under the stage marks: {marked[0]!r}"
+            assert plot_problems(rows) == []
+
+
+async def test_side_by_side_charts_keep_a_blank_column_at_each_end_of_their_heads() -> None:
+    from rich.style import Style
+
+    from tui.widgets.curves import GroupCurve
+
+    state = state_of(events(epochs=21, batches=40, log_every=10, gpus=False))
+    plot = GroupCurve("lr")
+    app = OnePlot(plot, (80, 10))
+    async with app.run_test(size=(90, 12)) as pilot:
+        plot.show(state)
+        await pilot.pause()
+        assert plot.text  # built: its title and series are known
+        full = len(plot.titles[0]) + sum(len(segment.text) for segment in plot._legend(Style()))
+        for width in range(full - 2, full + 3):  # the title and legend fill the head, or nearly
+            plot.styles.width = width
+            await pilot.pause()
+            head = screen_rows(app, plot.region)[0]
+            assert head[0] == " " and head[-1] == " ", (width, head)

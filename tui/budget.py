@@ -11,7 +11,9 @@ thread) per wall second and adapts:
 - which: panels marked optional (the machine, the learning-rate curve) draw four
   times less often again while the factor is high;
 - at what resolution: plots take one point per character column instead of two
-  once the factor is high.
+  once the factor is high;
+- but never staler than `STALEST_S`: a panel whose content moved is drawn within
+  that whatever the factor, so a view never lags the run by minutes.
 
 A change of state (paused, a new stage, evaluating, stopped, an error) is never
 held back: the caller redraws at once whatever the budget says. While nothing
@@ -38,6 +40,9 @@ MAX_FACTOR = 16.0  # periods never grow beyond 16x their base
 AIM_LOW, AIM_HIGH = 0.35, 0.7
 HIGH_FACTOR = 4.0  # from here, optional panels draw four times less often and plots draw coarser
 OPTIONAL_SLOWER = 4.0
+# Where the redraws no period holds back (changes of state, an epoch's end) already spend
+# the budget, the factor sits at its top: this keeps every panel within a glance of the run.
+STALEST_S = 15.0
 
 
 def share_for(curves: bool, crowded: bool) -> float:
@@ -140,7 +145,8 @@ class RenderBudget:
         cadence = self.cadences[panel]
         if not self.active:
             return cadence.base_s
-        return cadence.base_s * self.factor * (OPTIONAL_SLOWER if cadence.optional and self.high else 1.0)
+        stretched = cadence.base_s * self.factor * (OPTIONAL_SLOWER if cadence.optional and self.high else 1.0)
+        return min(stretched, max(cadence.base_s, STALEST_S))
 
     @property
     def points_per_column(self) -> int:

@@ -6,7 +6,7 @@ to a render budget (tui/budget.py): the panels of the view on screen that are
 due redraw, each at its own period, all periods stretched while the UI's own CPU
 time is over its share of the wall time. A change of state redraws the status
 line, the stage panel, the module table and the log at once; nothing is drawn for
-a view that is not shown.
+a view that is not shown. An epoch's end redraws the charts at once.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import ContentSwitcher, Footer
 
 from core.errors import CbamError
-from core.events import Event, SystemSample
+from core.events import EpochEnded, Event, StageStarted, SystemSample
 from core.vocab import Command, Status
 from tui.app import RunScreen
 from tui.budget import share_for
@@ -81,6 +81,7 @@ class Panel:
     key: Callable[[], object]
     draw: Callable[[], None]
     fast: bool = False  # shows a change of state at once
+    epochly: bool = False  # shows an epoch's end (or a stage's start) at once: at most once an epoch
     drawn: object = None
 
 
@@ -185,10 +186,12 @@ class DashboardScreen(RunScreen):
         app, state = self.run_app, self.run_app.state
         now = time.monotonic()
         fresh = False  # a change of state: shown at once
+        turned = False  # an epoch ended or a stage began: the charts show it at once
         for event in events:
             self._lines.extend(log_lines(event))
             if urgent(event):
                 fresh = True
+                turned = turned or isinstance(event, (EpochEnded, StageStarted))
             elif not isinstance(event, SystemSample):
                 self._streamed_at = now  # the run is making progress
         if not self._panels:
@@ -203,16 +206,16 @@ class DashboardScreen(RunScreen):
         training = state.status in (Status.RUNNING, Status.EVALUATING) and now - self._streamed_at < IDLE_S
         app.budget.set_active(training and app.live)
         app.budget.observe()
-        self._redraw(fresh)
+        self._redraw(fresh, turned)
 
-    def _redraw(self, fresh: bool = False) -> None:
+    def _redraw(self, fresh: bool = False, turned: bool = False) -> None:
         budget, view = self.run_app.budget, self._view
         budget.budget = share_for(view == View.CURVES, self._crowded())
         for panel in self._panels.get(view, ()):
             key = panel.key()
             if key == panel.drawn:
                 continue
-            if (fresh and panel.fast) or budget.due(panel.name):
+            if (fresh and panel.fast) or (turned and panel.epochly) or budget.due(panel.name):
                 panel.draw()
                 panel.drawn = key
                 budget.drawn(panel.name)
@@ -268,13 +271,15 @@ class DashboardScreen(RunScreen):
         log = Panel("log", logs, self._flush_log, fast=True)
 
         def plot(name: str, moved: Callable[[], object], *selectors: str) -> Panel:
-            """``moved``: what the plots draw from; they redraw only when it moved."""
+            """``moved``: what the plots draw from; they redraw only when it moved, and at
+            once when an epoch ends (a new point on the epoch charts, the loss curve's next
+            stretch)."""
             plots = [self.query_one(selector, Plot) for selector in selectors]
 
             def key() -> object:
                 return (moved(), self.chart, budget.points_per_column)
 
-            return Panel(name, key, lambda: self._show_plots(plots))
+            return Panel(name, key, lambda: self._show_plots(plots), epochly=True)
 
         def losses() -> object:
             return id(state.started), state.first_step, len(state.iter_losses), len(state.stage_steps)

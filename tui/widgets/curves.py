@@ -346,8 +346,8 @@ class Plot(PlotextPlot):
             y_ticks = [math.log10(v) for v in y_ticks]
         plt.ylim(y_lo, y_hi)
         plt.yticks(y_ticks, y_labels)
-        if x_hi <= x_lo:
-            x_lo, x_hi = x_lo - 1, x_hi + 1
+        if x_hi <= x_lo:  # one epoch (or step): the axis shows it alone, not the 0 before it
+            x_lo, x_hi = x_lo - 0.5, x_hi + 0.5
         label_width = max(len(tick_label(x_lo, 1.0)), len(tick_label(x_hi, 1.0)))
         inner = width - max(len(label) for label in y_labels) - 3
         x_ticks = linear_ticks(x_lo, x_hi, max(2, inner // (label_width + 3)), whole=self.whole_x)
@@ -360,7 +360,8 @@ class Plot(PlotextPlot):
         (``legend_row``) gives it a row of its own, each label cut to its end; others drop it."""
         base = self.rich_style
         legend = self._legend(base)
-        legend_width = sum(len(seg.text) for seg in legend)
+        # A column free at each end, so that side-by-side charts' heads never run together.
+        legend_width = sum(len(seg.text) for seg in legend) + (2 if legend else 0)
         title = next((t for t in self.titles if len(t) + legend_width <= width), None)
         if title is not None:
             return [self._centred([Segment(title, base + Style(bold=True)), *legend], width)]
@@ -404,6 +405,14 @@ class LossCurve(Plot):
         self.options = options
         self.follow(state, (id(state.started), state.first_step, len(state.iter_losses), len(state.stage_steps),
                             options))
+
+    def y_range(self) -> tuple[float, float] | None:
+        """With stage switches marked, a row of headroom: the marks' labels sit above the losses."""
+        found = super().y_range()
+        if found is None or self._state is None or len(self._state.stage_steps) < 2:
+            return found
+        lo, hi = found
+        return lo, hi + (hi - lo) / max(self.size.height - 4, 2)  # the box, the title and the x labels take 4 rows
 
     def draw(self, plt: Figure) -> None:
         opts, state = self.options, self._state
