@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -31,7 +32,7 @@ from core.schedule import factor
 from core.state import describe
 from core.vocab import Command, Status, StopReason
 from tests.conftest import cli, tiny_config, train
-from tests.helpers import Seen, fake_run, stopped_run, until
+from tests.helpers import STAMP_0, Seen, fake_run, stopped_run, until
 
 SLOW = pytest.mark.slow
 
@@ -545,16 +546,19 @@ def test_export_without_the_extra_says_what_to_install(finished_run: Path, capsy
     assert code == 1 and f"export --png needs matplotlib: pip install -e '{root}[export]'" in err
 
 
-def test_compare_renders_finished_and_live_runs(snap_compare, tmp_path: Path) -> None:
+def test_compare_renders_finished_and_live_runs(snap_compare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import comparison
     from core.events import RunFinished
     from tests.scripted import events
     from tui.app import make_app
     from tui.links import CompareLink
 
     script = list(events(epochs=4, batches=4, log_every=2))
-    a, _ = fake_run(tmp_path, "20260101-120000-default", [*script, RunFinished(60.0, 61.0, 3, 12.0)])
-    b, _ = fake_run(tmp_path, "20260101-130000-seed", [*script[:-8], RunFinished(50.0, 52.0, 2, 10.0)])
-    c, holder = fake_run(tmp_path, "20260101-140000-live", script[:-12], hold=True)
+    a, _ = fake_run(tmp_path, "20260101-120000-default", [*script, RunFinished(60.0, 61.0, 3, 12.0)], step_s=5.0)
+    b, _ = fake_run(tmp_path, "20260101-130000-seed", [*script[:-8], RunFinished(50.0, 52.0, 2, 10.0)], step_s=5.0)
+    c, holder = fake_run(tmp_path, "20260101-140000-live", script[:-12], hold=True, step_s=5.0)
+    # a live run's time runs to now, as `runs` gives it: now is 10 minutes after its first event
+    monkeypatch.setattr(comparison, "time", SimpleNamespace(time=lambda: STAMP_0 + 600.0))
     try:
         assert snap_compare(make_app(CompareLink([a, b, c])), terminal_size=(110, 32))
     finally:
@@ -592,8 +596,8 @@ def compared_pair(tmp_path: Path) -> tuple[Path, Path]:
     from tests.scripted import events
 
     script = list(events(epochs=4, batches=4, log_every=2))
-    a, _ = fake_run(tmp_path, "20260101-120000-bs64", [*script, RunFinished(60.0, 61.0, 3, 12.0)])
-    b, _ = fake_run(tmp_path, "20260101-130000-bs32", [*script[:-8], RunFinished(50.0, 52.0, 2, 10.0)])
+    a, _ = fake_run(tmp_path, "20260101-120000-bs64", [*script, RunFinished(60.0, 61.0, 3, 12.0)], step_s=5.0)
+    b, _ = fake_run(tmp_path, "20260101-130000-bs32", [*script[:-8], RunFinished(50.0, 52.0, 2, 10.0)], step_s=5.0)
     for run, batch, lr in ((a, 64, 1e-3), (b, 32, 3e-4)):
         (run / "config.json").write_text(json.dumps({"batch_size": batch, "seed": 0, "plan": {"stages": [
             {"name": "warm up", "epochs": 5, "groups": [{"name": "new", "lr": lr}]}]}}))
