@@ -160,6 +160,19 @@ def test_compare_and_runs_give_a_run_the_same_time(two, capsys) -> None:
         "2m30s", "1m20s"]
 
 
+def test_csv_spells_booleans_as_json_does(two, capsys) -> None:
+    """`runs` wrote Python's True/False; both tables now say true/false, as their JSON does."""
+    a, b = two
+    for run, compiled in ((a, True), (b, False)):
+        (run / "config.json").write_text(json.dumps({**config(64, 1e-3), "compile": compiled}))
+    _, out, _ = cli(capsys, "runs", "--runs-root", str(a.parent), "--format", "csv")
+    assert [r["resumable"] for r in csv.DictReader(io.StringIO(out))] == ["false", "false"]
+    _, out, _ = cli(capsys, "compare", str(a), str(b), "--format", "csv")
+    assert [r["compile"] for r in csv.DictReader(io.StringIO(out))] == ["true", "false"]
+    _, out, _ = cli(capsys, "compare", str(a), str(b), "--format", "json")
+    assert json.loads(out)["differs"]["compile"] == [True, False]
+
+
 # --- compare --metric -------------------------------------------------------------------
 
 
