@@ -204,6 +204,10 @@ class Steering:
                          f"most {counted(MAX_EPOCHS, 'epoch')} (it has {counted(stage.epochs, 'epoch')})")
             return
         epochs = max(wanted, in_progress)
+        if epochs == stage.epochs and wanted < epochs:  # a shorter stage asked, and nothing could be taken away
+            self._refuse(command, origin, f"stage {si + 1} cannot end before the epoch in progress: epoch "
+                         f"{ep.position.epoch} is already its last ({counted(stage.epochs, 'epoch')})")
+            return
         note = "the epoch in progress is now the stage's last" if epochs > wanted else ""
         if epochs != stage.epochs:
             stages = list(cfg.plan.stages)

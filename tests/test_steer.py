@@ -203,6 +203,12 @@ async def test_the_l_dialog_and_the_epoch_keys_steer_a_live_run(tmp_path: Path) 
         await pilot.press("plus")
         await until(pilot, lambda: seen.of(PlanChanged))
         assert seen.of(PlanChanged)[0].epochs == 3 and app.state.stage.last_epoch == 3
+        await pilot.press("minus", "minus", "minus")  # 3 -> 2 -> 1, then the epoch in progress is the last
+        await until(pilot, lambda: seen.of(CommandRefused))
+        assert [e.epochs for e in seen.of(PlanChanged)] == [3, 2, 1] and app.state.refused == 1
+        assert describe(seen.of(CommandRefused)[0]) == [
+            "command epochs -1 from keys refused: stage 1 cannot end before the epoch in progress: epoch 1 is already "
+            "its last (1 epoch)"]
         await pilot.press("q", "y")
         await until(pilot, lambda: not app.is_running)
 
@@ -319,6 +325,9 @@ def test_ctl_waits_for_what_the_run_did_and_exits_nonzero_with_its_reason(tmp_pa
         def ctl(*args: str) -> tuple[int, str, str]:
             return cli(capsys, "ctl", str(live.run), *args)
 
+        code, out, err = ctl("epochs", "-1")  # stage 1 has one epoch, the one in progress: nothing to take away
+        assert (code, out, err) == (1, "", "cbam-tui: error: the run refused epochs -1: stage 1 cannot end before "
+                                           "the epoch in progress: epoch 1 is already its last (1 epoch)\n")
         code, _, err = ctl("lr", "x2", "--group", "nosuch")
         assert (code, err) == (1, "cbam-tui: error: the run refused lr x2 (group nosuch): this stage has no group "
                                   "'nosuch' (it has new)\n")
@@ -340,7 +349,8 @@ def test_ctl_waits_for_what_the_run_did_and_exits_nonzero_with_its_reason(tmp_pa
     with open_run(live.run) as run:
         events = [e for e, _ in EventReader(run).read_all()]
     refused = [e for e in events if isinstance(e, CommandRefused)]
-    assert [e.verb for e in refused] == ["lr", "lr", "epochs"] and all(e.command_id for e in refused)
+    assert [e.verb for e in refused] == ["epochs", "lr", "lr", "epochs"] and all(e.command_id for e in refused)
+    assert not [e for e in events if isinstance(e, PlanChanged) and e.change < 0]  # the refused -1 changed nothing
 
 
 def test_ctl_resume_of_a_run_paused_by_a_non_finite_loss_is_refused(tmp_path: Path, capsys, monkeypatch) -> None:
