@@ -34,6 +34,7 @@ from core.inbox import Inbox
 from core.meter import EpochRun
 from core.plan import MAX_EPOCHS, MAX_LR, MIN_LR
 from core.rundir import LAST, RunDir
+from core.state import lr_text
 from core.vocab import Command, StopReason
 
 if TYPE_CHECKING:
@@ -186,7 +187,7 @@ class Steering:
             )
             for name, rate in zip(names, after, strict=True):
                 if not MIN_LR <= rate <= MAX_LR:
-                    self._refuse(command, origin, f"it would take group {name!r} to {rate:.3g}, outside the rates "
+                    self._refuse(command, origin, f"it would take group {name!r} to {lr_text(rate)}, outside the rates "
                                  f"a run takes ({MIN_LR:g} to {MAX_LR:g})")
                     return
             t.base_lrs = list(after)
