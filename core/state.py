@@ -536,7 +536,8 @@ def describe(e: Event) -> list[str]:
     if isinstance(e, RatesChanged):
         moved = [f"{name} {lr_text(a)} → {lr_text(b)}" for name, a, b in zip(e.groups, e.before, e.after, strict=True)
                  if a != b]
-        return [f"learning rates ({e.origin}): {', '.join(moved) or 'unchanged'}; the next stage starts from its plan"]
+        then = "" if e.last_stage else "; the next stage starts from its plan"
+        return [f"learning rates ({e.origin}): {', '.join(moved) or 'unchanged'}{then}"]
     if isinstance(e, PlanChanged):
         note = f" ({e.note})" if e.note else ""
         asked = f"{'+' if e.change > 0 else '-'}{counted(abs(e.change), 'epoch')}: now has" if e.change else "now has"

@@ -191,7 +191,8 @@ class Steering:
                                  f"a run takes ({MIN_LR:g} to {MAX_LR:g})")
                     return
             t.base_lrs = list(after)
-            t.emit(RatesChanged(origin, si + 1, names, before, after, t.global_step, command.ref))
+            final = all(later.epochs == 0 for later in t.setup.config.plan.stages[si + 1:])
+            t.emit(RatesChanged(origin, si + 1, names, before, after, t.global_step, command.ref, final))
             t.rates_at(si, ep.position.epoch, ep.batch)
             return
         s = t.setup

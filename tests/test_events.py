@@ -210,3 +210,8 @@ def test_a_rate_is_written_as_one_types_it(rate: float, text: str) -> None:
 def test_a_rate_change_by_a_thousand_reads_as_typed() -> None:
     change = RatesChanged("ctl", 1, ("new",), (3e-3,), (3.0,), 10)
     assert describe(change)[0].startswith("learning rates (ctl): new 3e-3 → 3;")
+
+
+def test_a_rate_change_on_the_last_stage_promises_no_next_stage() -> None:
+    assert describe(RatesChanged("keys", 3, ("new",), (1e-3,), (5e-4,), 10, last_stage=True)) == [
+        "learning rates (keys): new 1e-3 → 5e-4"]

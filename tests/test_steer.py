@@ -169,6 +169,7 @@ def test_a_change_asked_on_a_stages_last_batch(tmp_path: Path, verb: str) -> Non
     else:  # a rate waits for the next batch, which is the next stage's (its log line says so)
         (change,) = rec.of(RatesChanged)
         assert change.stage == 2 and change.after == (5e-4, 5e-4)
+        assert describe(change)[0].endswith("5e-4") and change.last_stage  # stage 3 has no epochs: no plan follows
 
 
 def test_bad_values_for_ctl_are_one_sentence(capsys, tmp_path: Path) -> None:
