@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,7 +144,7 @@ def run_groups(state: RunState) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Compared:
-    """One run as `compare` reports it (seconds: training time, summed over its epochs)."""
+    """One run as `compare` reports it (seconds: the run's time as `runs` gives it, `RunState.run_seconds`)."""
 
     path: Path
     state: Status  # RUNNING, PAUSED, FINISHED, STOPPED, FAILED, DEAD ... or UNREADABLE
@@ -183,7 +184,7 @@ def from_state(path: Path, state: RunState, live: bool, config: dict[str, Any] |
         path, compared_status(state.status, live), state.best_acc, state.best_epoch, len(epochs),
         state.started.total_epochs if state.started else None,
         sum(e.images_per_second for e in epochs) / len(epochs) if epochs else None,
-        sum(e.seconds for e in epochs) if epochs else None,
+        state.run_seconds(time.time() if live else None),
         tuple(e.epoch for e in epochs), tuple(e.test_acc for e in epochs), tuple(e.test_loss for e in epochs),
         config or {}, note, run_groups(state), series or {},
     )

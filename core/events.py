@@ -313,6 +313,7 @@ class RatesChanged(Event, frozen=True, tag="rates_changed"):
     after: tuple[float, ...]
     global_step: int
     command_id: str = ""  # as in CommandTaken
+    last_stage: bool = False  # no stage with epochs follows: no plan takes over from these rates
 
 
 class PlanChanged(Event, frozen=True, tag="plan_changed"):

@@ -111,5 +111,5 @@ class Saving:
             return None
         try:
             return self.save(t.epoch.here(), t.epoch.sums(), "failure")
-        except Exception:
-            return None
+        except Exception:  # in the save, or in reporting it (a failing consumer): the last complete one stands
+            return str(rundir.checkpoint_path(LAST)) if rundir is not None and rundir.has_checkpoint() else None

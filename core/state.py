@@ -9,6 +9,7 @@ torch, no UI.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from array import array
@@ -535,7 +536,8 @@ def describe(e: Event) -> list[str]:
     if isinstance(e, RatesChanged):
         moved = [f"{name} {lr_text(a)} → {lr_text(b)}" for name, a, b in zip(e.groups, e.before, e.after, strict=True)
                  if a != b]
-        return [f"learning rates ({e.origin}): {', '.join(moved) or 'unchanged'}; the next stage starts from its plan"]
+        then = "" if e.last_stage else "; the next stage starts from its plan"
+        return [f"learning rates ({e.origin}): {', '.join(moved) or 'unchanged'}{then}"]
     if isinstance(e, PlanChanged):
         note = f" ({e.note})" if e.note else ""
         asked = f"{'+' if e.change > 0 else '-'}{counted(abs(e.change), 'epoch')}: now has" if e.change else "now has"
@@ -588,6 +590,10 @@ def fmt_seconds(s: float) -> str:
 
 
 def lr_text(lr: float) -> str:
-    """1e-3 rather than 1.000000e-03; 2.5e-4 keeps its digit."""
-    text = f"{lr:.1e}".replace(".0e", "e")
-    return text.replace("e-0", "e-").replace("e+0", "e")
+    """A rate as one types it, to two digits: 1e-3 rather than 1.000000e-03, 2.5e-4 keeps its
+    digit, 3 and 3e3 rather than 3e0 and 3e+03."""
+    if not math.isfinite(lr):
+        return str(lr)
+    mantissa, exponent = f"{lr:.1e}".split("e")
+    mantissa = mantissa.removesuffix(".0")
+    return mantissa if int(exponent) == 0 else f"{mantissa}e{int(exponent)}"

@@ -34,6 +34,7 @@ from core.inbox import Inbox
 from core.meter import EpochRun
 from core.plan import MAX_EPOCHS, MAX_LR, MIN_LR
 from core.rundir import LAST, RunDir
+from core.state import lr_text
 from core.vocab import Command, StopReason
 
 if TYPE_CHECKING:
@@ -186,11 +187,12 @@ class Steering:
             )
             for name, rate in zip(names, after, strict=True):
                 if not MIN_LR <= rate <= MAX_LR:
-                    self._refuse(command, origin, f"it would take group {name!r} to {rate:.3g}, outside the rates "
+                    self._refuse(command, origin, f"it would take group {name!r} to {lr_text(rate)}, outside the rates "
                                  f"a run takes ({MIN_LR:g} to {MAX_LR:g})")
                     return
             t.base_lrs = list(after)
-            t.emit(RatesChanged(origin, si + 1, names, before, after, t.global_step, command.ref))
+            final = all(later.epochs == 0 for later in t.setup.config.plan.stages[si + 1:])
+            t.emit(RatesChanged(origin, si + 1, names, before, after, t.global_step, command.ref, final))
             t.rates_at(si, ep.position.epoch, ep.batch)
             return
         s = t.setup
@@ -204,6 +206,10 @@ class Steering:
                          f"most {counted(MAX_EPOCHS, 'epoch')} (it has {counted(stage.epochs, 'epoch')})")
             return
         epochs = max(wanted, in_progress)
+        if epochs == stage.epochs and wanted < epochs:  # a shorter stage asked, and nothing could be taken away
+            self._refuse(command, origin, f"stage {si + 1} cannot end before the epoch in progress: epoch "
+                         f"{ep.position.epoch} is already its last ({counted(stage.epochs, 'epoch')})")
+            return
         note = "the epoch in progress is now the stage's last" if epochs > wanted else ""
         if epochs != stage.epochs:
             stages = list(cfg.plan.stages)

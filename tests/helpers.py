@@ -71,12 +71,27 @@ class Seen:
         return [e for e in self.events if isinstance(e, cls)]
 
 
-def fake_run(root: Path, name: str, events: list, hold: bool = False) -> tuple[Path, RunDir | None]:
-    """A run directory holding ``events``; ``hold``: this process keeps it locked (a live owner)."""
+STAMP_0 = 1_767_268_800.0  # 2026-01-01 12:00 UTC: the first event of a restamped run
+
+
+def restamp(events: Path, step_s: float) -> None:
+    """The events' wall-clock stamps ``step_s`` seconds apart from STAMP_0, as if written over
+    time (a run's time comes from them): the same figures on every machine, however fast."""
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    events.write_text("".join(json.dumps({**e, "t": STAMP_0 + i * step_s}) + "\n" for i, e in enumerate(lines)))
+
+
+def fake_run(
+    root: Path, name: str, events: list, hold: bool = False, step_s: float | None = None,
+) -> tuple[Path, RunDir | None]:
+    """A run directory holding ``events``; ``hold``: this process keeps it locked (a live owner);
+    ``step_s``: the events stamped that far apart (see `restamp`)."""
     run = RunDir.create_at(root / name)
     run.write_config({})
     for e in events:
         run.write(e)
+    if step_s is not None:
+        restamp(run.path / "events.jsonl", step_s)
     if hold:
         return run.path, run
     run.close()

@@ -211,7 +211,7 @@ def test_summary_prints_the_tree_and_the_plan(capsys: pytest.CaptureFixture[str]
     code, out, _ = cli(capsys, "summary", "--preset", "seed")
     assert code == 0
     assert "◆ CBAM (cbam1)" in out and "cbam_layer" not in out and "[1, 64, 32, 32]" in out
-    assert "11,217,874" in out and "Params size (MB): 44.87" in out and "frozen" in out and "lr 1e-03" in out
+    assert "11,217,874" in out and "Params size (MB): 44.87" in out and "frozen" in out and "lr 1e-3" in out
 
 
 def test_summary_run_and_demo_refuse_a_fifo_for_a_plan_at_once(capsys, tmp_path: Path) -> None:

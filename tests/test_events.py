@@ -16,12 +16,13 @@ from core.events import (
     BatchLogged,
     EpochEnded,
     IterLosses,
+    RatesChanged,
     RunStopped,
     from_dict,
     from_json,
     read_line,
 )
-from core.state import RunState, describe
+from core.state import RunState, describe, lr_text
 from tests.scripted import events as scripted
 
 
@@ -194,3 +195,23 @@ def test_the_stamp_is_read_wherever_the_line_holds_it() -> None:
     assert read_line(line)[1] == 12.5
     assert read_line(GOLDEN[8].replace('"t":1767268812.123', '"t":"soon"').encode())[1] is None
     assert read_line(GOLDEN[8].replace(',"t":1767268812.123', "").encode())[1] is None
+
+
+@pytest.mark.parametrize(("rate", "text"), [
+    (1e-12, "1e-12"), (5e-13, "5e-13"), (2.5e-4, "2.5e-4"), (3e-4, "3e-4"), (1e-3, "1e-3"), (3e-3, "3e-3"),
+    (0.03, "3e-2"), (0.25, "2.5e-1"), (1.0, "1"), (3.0, "3"), (2.5, "2.5"), (10.0, "1e1"), (3e3, "3e3"),
+    (1e6, "1e6"), (0.0, "0"), (9.96, "1e1"),
+])
+def test_a_rate_is_written_as_one_types_it(rate: float, text: str) -> None:
+    """Two digits, no "+", no leading zero in the exponent, none at all for 1 to 9.9 (it said 3e0 and 3e+03)."""
+    assert lr_text(rate) == text
+
+
+def test_a_rate_change_by_a_thousand_reads_as_typed() -> None:
+    change = RatesChanged("ctl", 1, ("new",), (3e-3,), (3.0,), 10)
+    assert describe(change)[0].startswith("learning rates (ctl): new 3e-3 → 3;")
+
+
+def test_a_rate_change_on_the_last_stage_promises_no_next_stage() -> None:
+    assert describe(RatesChanged("keys", 3, ("new",), (1e-3,), (5e-4,), 10, last_stage=True)) == [
+        "learning rates (keys): new 1e-3 → 5e-4"]

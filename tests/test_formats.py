@@ -14,9 +14,11 @@ import pytest
 from core.events import RunFinished
 from core.rundir import RunDir
 from tests.conftest import cli
+from tests.helpers import restamp
 from tests.scripted import events
 
 SCRIPT = list(events(epochs=4, batches=4, log_every=2))
+STEP_S = 5.0  # between two events of a scripted run: its time is not the sum of its epochs' (42 s each)
 
 
 def config(batch_size: int, lr: float) -> dict:
@@ -32,7 +34,9 @@ def finished_run(root: Path, name: str, cfg: dict, epochs: int) -> Path:
     for e in [*SCRIPT[:cut], RunFinished(60.0, 61.0, 3, 12.0)]:
         run.write(e)
     run.close()
+    restamp(run.path / "events.jsonl", STEP_S)
     return run.path
+
 
 
 @pytest.fixture
@@ -47,8 +51,8 @@ def test_compare_piped_prints_the_table_and_the_config_that_differs(two, capsys)
     assert code == 0 and err == "", err
     lines = out.splitlines()
     assert lines[0].split() == ["run", "state", "best", "test", "acc", "at", "epoch", "epochs", "img/s", "time"]
-    assert lines[2].split() == ["fast", "finished", "57.54%", "4", "4/50", "1,190", "2m48s"]
-    assert lines[3].split() == ["slow", "finished", "45.48%", "2", "2/50", "1,190", "1m24s"]
+    assert lines[2].split() == ["fast", "finished", "57.54%", "4", "4/50", "1,190", "2m30s"]
+    assert lines[3].split() == ["slow", "finished", "45.48%", "2", "2/50", "1,190", "1m20s"]
     assert "differs: fast | slow" in lines
     assert "  batch_size: 64 | 32" in lines
     assert "  plan.stages.0.groups.0.lr: 0.001 | 0.0003" in lines
@@ -136,6 +140,37 @@ def test_runs_takes_the_same_formats(two, capsys) -> None:
     assert code == 0 and out.splitlines()[0].split()[:2] == ["run", "state"] and "fast" in out
     code, _, err = cli(capsys, "runs", "--runs-root", root, "--format", "yaml")
     assert code == 1 and "--format takes text, json or csv" in err
+
+
+def test_compare_and_runs_give_a_run_the_same_time(two, capsys) -> None:
+    """One owner of a run's time (`RunState.run_seconds`): compare summed its epochs' seconds
+    (4 x 42 s = 2m48s) where runs gave the time from its first event to its last (30 x 5 s)."""
+    a, b = two
+    root = str(a.parent)
+    _, out, _ = cli(capsys, "runs", "--runs-root", root, "--format", "json")
+    listed = {r["run"]: r["seconds"] for r in json.loads(out)["runs"]}
+    _, out, _ = cli(capsys, "compare", str(a), str(b), "--format", "json")
+    compared = {r["run"]: r["seconds"] for r in json.loads(out)["runs"]}
+    assert listed == compared == {"fast": 30 * STEP_S, "slow": 16 * STEP_S}
+    rows = list(csv.DictReader(io.StringIO(cli(capsys, "compare", str(a), str(b), "--format", "csv")[1])))
+    assert [float(r["seconds"]) for r in rows] == [30 * STEP_S, 16 * STEP_S]
+    runs_text = cli(capsys, "runs", "--runs-root", root)[1].splitlines()
+    compare_text = cli(capsys, "compare", str(a), str(b))[1].splitlines()
+    assert [line.split()[-2] for line in runs_text[2:4]] == [line.split()[-1] for line in compare_text[2:4]] == [
+        "2m30s", "1m20s"]
+
+
+def test_csv_spells_booleans_as_json_does(two, capsys) -> None:
+    """`runs` wrote Python's True/False; both tables now say true/false, as their JSON does."""
+    a, b = two
+    for run, compiled in ((a, True), (b, False)):
+        (run / "config.json").write_text(json.dumps({**config(64, 1e-3), "compile": compiled}))
+    _, out, _ = cli(capsys, "runs", "--runs-root", str(a.parent), "--format", "csv")
+    assert [r["resumable"] for r in csv.DictReader(io.StringIO(out))] == ["false", "false"]
+    _, out, _ = cli(capsys, "compare", str(a), str(b), "--format", "csv")
+    assert [r["compile"] for r in csv.DictReader(io.StringIO(out))] == ["true", "false"]
+    _, out, _ = cli(capsys, "compare", str(a), str(b), "--format", "json")
+    assert json.loads(out)["differs"]["compile"] == [True, False]
 
 
 # --- compare --metric -------------------------------------------------------------------

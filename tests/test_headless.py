@@ -93,6 +93,52 @@ def test_a_second_ctrl_c_exits_at_once_and_keeps_the_last_checkpoint(tmp_path: P
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["position"]["epoch"] == 2
 
 
+def test_a_closed_stdout_stops_the_run_as_a_hang_up_with_its_checkpoint(tmp_path: Path) -> None:
+    """`cbam-tui run --headless | head -1`: the reader leaves after one line. The run stops
+    at the next batch boundary with a checkpoint, as on SIGHUP, and says so in its directory
+    (it was `failed` with a BrokenPipeError and no checkpoint)."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [CBAM_TUI, "demo", "--headless", "--run-dir", str(run_dir), "--limit-train", "160", *TINY],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline()
+    proc.stdout.close()  # what head does once it has its lines
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 129, err
+    assert err == ""  # no traceback, no "Exception ignored" at exit
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events if e["event"].startswith("run_")] == ["run_started", "run_stopped"]
+    stopped = events[-1]
+    assert stopped["event"] == "run_stopped" and stopped["reason"] == "SIGHUP"
+    assert stopped["checkpoint"] == str(run_dir / "checkpoints" / "last.pt")
+    saved = torch.load(stopped["checkpoint"], weights_only=True)["position"]
+    assert (saved["stage"], saved["epoch"], saved["batch"]) == (stopped["stage"] - 1, stopped["epoch"], stopped["batch"])
+    listed = subprocess.run([CBAM_TUI, "runs", "--runs-root", str(tmp_path), "--format", "json"],
+                            capture_output=True, text=True, timeout=60)
+    (run,) = json.loads(listed.stdout)["runs"]
+    assert (run["state"], run["resumable"]) == ("stopped", True)
+
+
+def test_a_closed_stderr_loses_nothing(tmp_path: Path) -> None:
+    """The runs root's warning goes to a stderr nobody reads: the run trains on to its end
+    (it ended with exit 1 and no run before the warning)."""
+    root = tmp_path / "shared"
+    root.mkdir(mode=0o777)
+    root.chmod(0o777)  # every user may write: a warning on stderr before the run starts
+    proc = subprocess.Popen(
+        [CBAM_TUI, "demo", "--headless", "--runs-root", str(root), "--limit-train", "48", *TINY],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    proc.stderr.close()
+    assert proc.wait(timeout=300) == 0
+    (run,) = root.iterdir()
+    events = [json.loads(line)["event"] for line in (run / "events.jsonl").read_text().splitlines()]
+    assert events[-1] == "run_finished"
+
+
 def test_run_detach_starts_a_child_from_the_runs_own_config(tmp_path: Path) -> None:
     done = subprocess.run(
         [CBAM_TUI, "demo", "--detach", "--runs-root", str(tmp_path / "runs"), "--limit-train", "960", *TINY],

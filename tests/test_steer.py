@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -31,7 +32,7 @@ from core.schedule import factor
 from core.state import describe
 from core.vocab import Command, Status, StopReason
 from tests.conftest import cli, tiny_config, train
-from tests.helpers import Seen, fake_run, stopped_run, until
+from tests.helpers import STAMP_0, Seen, fake_run, stopped_run, until
 
 SLOW = pytest.mark.slow
 
@@ -168,6 +169,7 @@ def test_a_change_asked_on_a_stages_last_batch(tmp_path: Path, verb: str) -> Non
     else:  # a rate waits for the next batch, which is the next stage's (its log line says so)
         (change,) = rec.of(RatesChanged)
         assert change.stage == 2 and change.after == (5e-4, 5e-4)
+        assert describe(change)[0].endswith("5e-4") and change.last_stage  # stage 3 has no epochs: no plan follows
 
 
 def test_bad_values_for_ctl_are_one_sentence(capsys, tmp_path: Path) -> None:
@@ -202,6 +204,12 @@ async def test_the_l_dialog_and_the_epoch_keys_steer_a_live_run(tmp_path: Path) 
         await pilot.press("plus")
         await until(pilot, lambda: seen.of(PlanChanged))
         assert seen.of(PlanChanged)[0].epochs == 3 and app.state.stage.last_epoch == 3
+        await pilot.press("minus", "minus", "minus")  # 3 -> 2 -> 1, then the epoch in progress is the last
+        await until(pilot, lambda: seen.of(CommandRefused))
+        assert [e.epochs for e in seen.of(PlanChanged)] == [3, 2, 1] and app.state.refused == 1
+        assert describe(seen.of(CommandRefused)[0]) == [
+            "command epochs -1 from keys refused: stage 1 cannot end before the epoch in progress: epoch 1 is already "
+            "its last (1 epoch)"]
         await pilot.press("q", "y")
         await until(pilot, lambda: not app.is_running)
 
@@ -318,6 +326,9 @@ def test_ctl_waits_for_what_the_run_did_and_exits_nonzero_with_its_reason(tmp_pa
         def ctl(*args: str) -> tuple[int, str, str]:
             return cli(capsys, "ctl", str(live.run), *args)
 
+        code, out, err = ctl("epochs", "-1")  # stage 1 has one epoch, the one in progress: nothing to take away
+        assert (code, out, err) == (1, "", "cbam-tui: error: the run refused epochs -1: stage 1 cannot end before "
+                                           "the epoch in progress: epoch 1 is already its last (1 epoch)\n")
         code, _, err = ctl("lr", "x2", "--group", "nosuch")
         assert (code, err) == (1, "cbam-tui: error: the run refused lr x2 (group nosuch): this stage has no group "
                                   "'nosuch' (it has new)\n")
@@ -339,7 +350,8 @@ def test_ctl_waits_for_what_the_run_did_and_exits_nonzero_with_its_reason(tmp_pa
     with open_run(live.run) as run:
         events = [e for e, _ in EventReader(run).read_all()]
     refused = [e for e in events if isinstance(e, CommandRefused)]
-    assert [e.verb for e in refused] == ["lr", "lr", "epochs"] and all(e.command_id for e in refused)
+    assert [e.verb for e in refused] == ["epochs", "lr", "lr", "epochs"] and all(e.command_id for e in refused)
+    assert not [e for e in events if isinstance(e, PlanChanged) and e.change < 0]  # the refused -1 changed nothing
 
 
 def test_ctl_resume_of_a_run_paused_by_a_non_finite_loss_is_refused(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -545,16 +557,19 @@ def test_export_without_the_extra_says_what_to_install(finished_run: Path, capsy
     assert code == 1 and f"export --png needs matplotlib: pip install -e '{root}[export]'" in err
 
 
-def test_compare_renders_finished_and_live_runs(snap_compare, tmp_path: Path) -> None:
+def test_compare_renders_finished_and_live_runs(snap_compare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import comparison
     from core.events import RunFinished
     from tests.scripted import events
     from tui.app import make_app
     from tui.links import CompareLink
 
     script = list(events(epochs=4, batches=4, log_every=2))
-    a, _ = fake_run(tmp_path, "20260101-120000-default", [*script, RunFinished(60.0, 61.0, 3, 12.0)])
-    b, _ = fake_run(tmp_path, "20260101-130000-seed", [*script[:-8], RunFinished(50.0, 52.0, 2, 10.0)])
-    c, holder = fake_run(tmp_path, "20260101-140000-live", script[:-12], hold=True)
+    a, _ = fake_run(tmp_path, "20260101-120000-default", [*script, RunFinished(60.0, 61.0, 3, 12.0)], step_s=5.0)
+    b, _ = fake_run(tmp_path, "20260101-130000-seed", [*script[:-8], RunFinished(50.0, 52.0, 2, 10.0)], step_s=5.0)
+    c, holder = fake_run(tmp_path, "20260101-140000-live", script[:-12], hold=True, step_s=5.0)
+    # a live run's time runs to now, as `runs` gives it: now is 10 minutes after its first event
+    monkeypatch.setattr(comparison, "time", SimpleNamespace(time=lambda: STAMP_0 + 600.0))
     try:
         assert snap_compare(make_app(CompareLink([a, b, c])), terminal_size=(110, 32))
     finally:
@@ -592,8 +607,8 @@ def compared_pair(tmp_path: Path) -> tuple[Path, Path]:
     from tests.scripted import events
 
     script = list(events(epochs=4, batches=4, log_every=2))
-    a, _ = fake_run(tmp_path, "20260101-120000-bs64", [*script, RunFinished(60.0, 61.0, 3, 12.0)])
-    b, _ = fake_run(tmp_path, "20260101-130000-bs32", [*script[:-8], RunFinished(50.0, 52.0, 2, 10.0)])
+    a, _ = fake_run(tmp_path, "20260101-120000-bs64", [*script, RunFinished(60.0, 61.0, 3, 12.0)], step_s=5.0)
+    b, _ = fake_run(tmp_path, "20260101-130000-bs32", [*script[:-8], RunFinished(50.0, 52.0, 2, 10.0)], step_s=5.0)
     for run, batch, lr in ((a, 64, 1e-3), (b, 32, 3e-4)):
         (run / "config.json").write_text(json.dumps({"batch_size": batch, "seed": 0, "plan": {"stages": [
             {"name": "warm up", "epochs": 5, "groups": [{"name": "new", "lr": lr}]}]}}))

@@ -142,6 +142,24 @@ def test_save_now_writes_a_mid_epoch_checkpoint(tmp_path: Path) -> None:
     assert (saved[0].stage, saved[0].epoch, saved[0].batch) == (1, 1, 4)
 
 
+def test_a_failure_names_the_checkpoint_it_wrote_even_when_its_report_fails(tmp_path: Path) -> None:
+    """A consumer that raises (a closed stdout did) fails the run; the failure checkpoint is
+    written before its report, which raises again: the run_failed event still names it (it said null)."""
+
+    def react(e) -> None:
+        if (isinstance(e, BatchLogged) and e.global_step == 8) or (
+                isinstance(e, CheckpointSaved) and e.reason == "failure"):
+            raise RuntimeError("the reader left")
+
+    with pytest.raises(RuntimeError):
+        train(tiny_config(tmp_path), react)
+    (events,) = (tmp_path / "runs").glob("*/events.jsonl")
+    written = [json.loads(line) for line in events.read_text().splitlines()]
+    saved = [e for e in written if e["event"] == "checkpoint_saved" and e["reason"] == "failure"]
+    assert len(saved) == 1 and (saved[0]["epoch"], saved[0]["batch"]) == (2, 2)
+    assert written[-1]["event"] == "run_failed" and written[-1]["checkpoint"] == saved[0]["path"]
+
+
 def test_a_stage_with_zero_epochs_is_skipped(tmp_path: Path) -> None:
     outcome, rec = train(tiny_config(tmp_path, plan_opts=PlanOptions(stage_epochs="1,0,1")))
     assert outcome == FINISHED

@@ -421,7 +421,8 @@ ABORTS: tuple[type[BaseException], ...] = (typer.Abort, *_click_errors("Abort"))
 def _error(text: str) -> None:
     """One line on stderr, whatever the user typed: control characters are shown escaped."""
     shown = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
-    print(f"cbam-tui: {shown}", file=sys.stderr)
+    with contextlib.suppress(OSError):  # a stderr nobody reads: the exit status still says it
+        print(f"cbam-tui: {shown}", file=sys.stderr)
 
 
 def main() -> None:

@@ -165,11 +165,14 @@ def _json(document: dict[str, Any]) -> None:
 
 
 def _cell(value: Any) -> str:
+    """A CSV cell: a value as JSON spells it (``true``, ``false``), None empty, text terminal-safe."""
     if value is None:
         return ""
     if isinstance(value, str):
         return clean_text(value)
-    if isinstance(value, (bool, int, float)):
+    if isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
         return str(value)
     return clean_text(json.dumps(_plain(value), separators=(",", ":")))
 

@@ -43,7 +43,8 @@ def say_where(config: RunConfig) -> None:
     home = home_of_checkpoint(Path(config.resume)) if config.resume else None
     root = home.parent if home else Path(config.run_dir).parent if config.run_dir else Path(config.runs_root)
     for note in root_notes(root, config.group_control):
-        print(f"cbam-tui: warning: {note}", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):  # a stderr nobody reads is no reason not to train
+            print(f"cbam-tui: warning: {note}", file=sys.stderr, flush=True)
 
 
 def dashboard(config: RunConfig) -> int:
@@ -282,10 +283,10 @@ def _processes_as_lines(workers: Workers) -> int:
     import threading
 
     from core.follow import Follower
-    from tui.headless import Reporter
+    from tui.headless import OUTPUT_CLOSED, Reporter
     from tui.workers import final_state
 
-    report = Reporter(sys.stdout)
+    report = Reporter(sys.stdout, lambda: workers.stop(OUTPUT_CLOSED))
     follower = Follower(workers.run, lambda e: None if isinstance(e, Watching) else report(e))
 
     def end_when_done() -> None:
@@ -309,7 +310,7 @@ def rank(config: RunConfig, run: Path | None = None) -> int:
     rank 0 prints the run's lines. ``run``: the directory a launcher holds for us."""
     from core.dist import Group
     from core.train import Trainer
-    from tui.headless import Reporter
+    from tui.headless import OUTPUT_CLOSED, Reporter
     from tui.workers import OWNER_ENV
 
     launched = run is not None
@@ -336,7 +337,7 @@ def rank(config: RunConfig, run: Path | None = None) -> int:
                 owner, locked_at = int(os.environ[OWNER_ENV]), int(os.environ[LOCKED_AT_ENV])
                 rundir = RunDir.join(run, owner, locked_at, config.group_control)
             control = Control()
-            lines = Reporter(sys.stdout) if group.leader else (lambda _event: None)
+            lines = Reporter(sys.stdout, lambda: control.stop(OUTPUT_CLOSED)) if group.leader else (lambda _e: None)
 
             def report(event: Event) -> None:
                 if isinstance(event, RunStarted) and watchdog is not None:

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from core.layout import MODULES
+from core.state import lr_text
 
 CBAM_MARK = "◆"  # survives a monochrome terminal; colour is only a second cue
 CBAM_STYLE = "bold magenta"
@@ -73,7 +74,7 @@ def print_summary(
         for name, path in MODULES.items():
             params = [p for _, p in module_parameters(model, path)]
             lrs = {lr_of[id(p)] for p in params if id(p) in lr_of}
-            cells[name].append("frozen" if not lrs else ", ".join(f"lr {lr:.0e}" for lr in sorted(lrs)))
+            cells[name].append("frozen" if not lrs else ", ".join(f"lr {lr_text(lr)}" for lr in sorted(lrs)))
     for name, values in cells.items():
         stages.add_row(name, *values)
     console.print(stages)
