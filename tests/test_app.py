@@ -22,7 +22,7 @@ from core.events import (
 from core.plan import PlanOptions
 from core.vocab import Status, StopReason
 from tests.conftest import tiny_config
-from tests.helpers import Seen, fake_run, stopped_run, until
+from tests.helpers import Seen, fake_run, screen_rows, stopped_run, until
 from tests.scripted import ScriptedTrainer, events
 from tui.app import make_app
 from tui.links import DirectoryLink, InProcessLink
@@ -146,6 +146,24 @@ async def test_views_and_help_on_a_scripted_run(tmp_path: Path) -> None:
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
         await pilot.press("q", "y")
+        await until(pilot, lambda: not app.is_running)
+
+
+async def test_the_help_scrolls_to_its_last_line_on_a_small_terminal(tmp_path: Path) -> None:
+    app = make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(lambda: events(epochs=1))))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: len(app.state.epochs) == 1 and app.settled)
+        await pilot.press("question_mark")  # help: more lines than 24 rows hold
+        await until(pilot, lambda: "PgDn" in "\n".join(screen_rows(app)))  # it says it scrolls
+        assert "◆" not in "\n".join(screen_rows(app))
+        await pilot.press("end")  # to its last line
+        await pilot.pause()
+        shown = "\n".join(screen_rows(app))
+        assert "◆ " in shown and "Keys that cannot act now are left out of the footer." in shown
+        await pilot.press("home")  # and back
+        await pilot.pause()
+        assert "◆ " not in "\n".join(screen_rows(app)) and "p / space" in "\n".join(screen_rows(app))
+        await pilot.press("escape", "q", "y")
         await until(pilot, lambda: not app.is_running)
 
 
