@@ -167,6 +167,36 @@ async def test_the_help_scrolls_to_its_last_line_on_a_small_terminal(tmp_path: P
         await until(pilot, lambda: not app.is_running)
 
 
+async def test_view_3s_log_scrolls_from_the_keyboard(tmp_path: Path) -> None:
+    app = make_app(InProcessLink(tiny_config(tmp_path),
+                                 trainer=ScriptedTrainer(lambda: events(epochs=3, log_every=20))))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: len(app.state.epochs) == 3 and app.settled)
+        await pilot.press("3")  # log and machine
+        await until(pilot, lambda: app.settled)
+        log = app.query_one("#full-log", LossLog)
+        await pilot.pause()
+        first, last = log.plain_lines[0], log.plain_lines[-1]
+        assert log.max_scroll_y > 0 and not is_line(log_rows(app, log)[0], first)
+        await pilot.press("home")  # the first line
+        assert is_line(log_rows(app, log)[0], first)
+        await pilot.press("pagedown")
+        assert not is_line(log_rows(app, log)[0], first)
+        await pilot.press("end")  # the newest
+        assert is_line(log_rows(app, log)[-1], last)
+        await pilot.press("q", "y")
+        await until(pilot, lambda: not app.is_running)
+
+
+def log_rows(app, log: LossLog) -> list[str]:
+    return [row.rstrip() for row in screen_rows(app, log.scrollable_content_region) if row.strip()]
+
+
+def is_line(row: str, line: str) -> bool:
+    """``row`` shows ``line``, whole or short of its last fields."""
+    return row == line or (row.endswith(" …") and line.startswith(row[:-2]))
+
+
 async def test_a_failing_worker_opens_a_modal_and_exits_nonzero(tmp_path: Path) -> None:
     def broken(config, emit, control) -> StopReason:
         emit(next(iter(events(epochs=1))))

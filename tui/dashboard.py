@@ -463,6 +463,8 @@ class DashboardScreen(RunScreen):
         self.redraw()
         if view == View.TREE:
             self.query_one(LayerTree).focus()  # arrows move, enter or space opens a node
+        elif view == View.SYSTEM:
+            self.query_one("#full-log").focus()  # arrows, page keys, Home and End scroll the log
         elif view in (View.CLASSES, View.ATTENTION):
             self.query_one(f"#{view}").focus()  # arrows and page keys scroll
 
