@@ -197,6 +197,32 @@ def is_line(row: str, line: str) -> bool:
     return row == line or (row.endswith(" …") and line.startswith(row[:-2]))
 
 
+@pytest.mark.parametrize("width", [80, 60])
+async def test_the_status_line_drops_whole_segments_where_it_is_narrow(tmp_path: Path, width: int) -> None:
+    import msgspec
+
+    from core.events import RunStarted
+
+    def long_named():
+        for e in events(epochs=1):
+            yield (msgspec.structs.replace(e, run_name="20260101-120000-cifar10-resnet18-cbam", device="cuda:0",
+                                           precision="bf16", plan_label="seed") if isinstance(e, RunStarted) else e)
+
+    app = make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(long_named)))
+    async with app.run_test(size=(width, 24)) as pilot:
+        await until(pilot, lambda: len(app.state.epochs) == 1 and app.settled)
+        await pilot.pause()
+        line = screen_rows(app)[0].strip()
+        segments = line.split(" · ")
+        assert segments[0].split()[-1] == "20260101-120000-cifar10-resnet18-cbam", line
+        assert set(segments[1:]) <= {"cifar10", "cuda:0", "bf16", "plan seed"}, line  # whole, none cut
+        assert not line.endswith(("·", "…")), line
+        if width == 80:  # the plan outranks the device and the precision
+            assert "plan seed" in segments and "bf16" not in segments, line
+        await pilot.press("q", "y")
+        await until(pilot, lambda: not app.is_running)
+
+
 async def test_a_failing_worker_opens_a_modal_and_exits_nonzero(tmp_path: Path) -> None:
     def broken(config, emit, control) -> StopReason:
         emit(next(iter(events(epochs=1))))
