@@ -283,6 +283,19 @@ async def test_a_finished_run_is_a_post_mortem_that_cannot_be_steered(tmp_path: 
     assert app.exit_code == 0
 
 
+async def test_a_stopped_run_says_its_machine_is_not_read(tmp_path: Path) -> None:
+    path = stopped_run(tmp_path)
+    app = make_app(DirectoryLink(path))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.state.status == Status.STOPPED and app.state.watching is not None, timeout=10)
+        await pilot.press("3")  # log and machine
+        await until(pilot, lambda: app.settled)
+        await pilot.pause()
+        shown = "\n".join(screen_rows(app, app.query_one("#hardware-full").content_region))
+        assert "machine: not read (the run is not running)" in shown and "no reading yet" not in shown
+        await pilot.press("q")
+
+
 async def test_keys_reach_a_live_run_and_leaving_does_not_stop_it(tmp_path: Path) -> None:
     script = list(events(epochs=1, batches=4, log_every=2))
     path, holder = fake_run(tmp_path, "run", script, hold=True)

@@ -17,14 +17,18 @@ LABEL_W = 12  # "  gpu0 util " before a sparkline
 
 
 class HardwarePanel(TextPanel):
-    def update_from(self, state: RunState, ui: str = "", history: bool = False) -> None:
+    def update_from(self, state: RunState, ui: str = "", history: bool = False, running: bool = True) -> None:
         """``ui``: the dashboard's own cost, a line of its own; ``history``: the last minute's
-        sparklines and each GPU's other processes (both on view 3)."""
+        sparklines and each GPU's other processes (both on view 3); ``running``: whether the
+        run is running now (a stopped or finished one is not read, and may never have been)."""
         s = state.system
         if s is None:
-            self.show(Text("machine: no reading yet" + (f"\n{ui}" if ui else ""), style="dim"))
+            said = "machine: no reading yet" if running else "machine: not read (the run is not running)"
+            self.show(Text(said + (f"\n{ui}" if ui else ""), style="dim"))
             return
         lines = Text()
+        if not running:
+            lines.append("machine: its last reading, from while the run was running\n", style="dim")
         width = self.content_region.width
         for g in s.gpus:
             line = Text(f"gpu{g.index} ", style="bold")
