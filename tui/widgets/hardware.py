@@ -17,10 +17,17 @@ LABEL_W = 12  # "  gpu0 util " before a sparkline
 
 
 class HardwarePanel(TextPanel):
+    _last: tuple[RunState, str, bool, bool] | None = None
+
+    def on_resize(self) -> None:
+        if self._last is not None:  # its lines break where the new width needs them to
+            self.update_from(*self._last)
+
     def update_from(self, state: RunState, ui: str = "", history: bool = False, running: bool = True) -> None:
         """``ui``: the dashboard's own cost, a line of its own; ``history``: the last minute's
         sparklines and each GPU's other processes (both on view 3); ``running``: whether the
         run is running now (a stopped or finished one is not read, and may never have been)."""
+        self._last = (state, ui, history, running)
         s = state.system
         if s is None:
             said = "machine: no reading yet" if running else "machine: not read (the run is not running)"
