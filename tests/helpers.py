@@ -52,6 +52,15 @@ async def until(pilot, condition: Callable[[], Any], timeout: float = 60.0) -> N
         await pilot.pause(0.05)
 
 
+def screen_rows(app, region=None) -> list[str]:
+    """The screen's text inside ``region`` (a textual Region; the whole screen without one),
+    row by row, as drawn, cell for cell."""
+    strips = app.screen._compositor.render_strips()
+    if region is None:
+        return [strip.text for strip in strips]
+    return [strips[y].crop(region.x, region.right).text for y in range(region.y, region.bottom)]
+
+
 class Seen:
     """A trainer factory for the in-process link that keeps every event it emits."""
 

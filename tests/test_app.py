@@ -22,7 +22,7 @@ from core.events import (
 from core.plan import PlanOptions
 from core.vocab import Status, StopReason
 from tests.conftest import tiny_config
-from tests.helpers import Seen, fake_run, stopped_run, until
+from tests.helpers import Seen, fake_run, screen_rows, stopped_run, until
 from tests.scripted import ScriptedTrainer, events
 from tui.app import make_app
 from tui.links import DirectoryLink, InProcessLink
@@ -149,6 +149,80 @@ async def test_views_and_help_on_a_scripted_run(tmp_path: Path) -> None:
         await until(pilot, lambda: not app.is_running)
 
 
+async def test_the_help_scrolls_to_its_last_line_on_a_small_terminal(tmp_path: Path) -> None:
+    app = make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(lambda: events(epochs=1))))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: len(app.state.epochs) == 1 and app.settled)
+        await pilot.press("question_mark")  # help: more lines than 24 rows hold
+        await until(pilot, lambda: "PgDn" in "\n".join(screen_rows(app)))  # it says it scrolls
+        assert "◆" not in "\n".join(screen_rows(app))
+        await pilot.press("end")  # to its last line
+        await pilot.pause()
+        shown = "\n".join(screen_rows(app))
+        assert "◆ " in shown and "Keys that cannot act now are left out of the footer." in shown
+        await pilot.press("home")  # and back
+        await pilot.pause()
+        assert "◆ " not in "\n".join(screen_rows(app)) and "p / space" in "\n".join(screen_rows(app))
+        await pilot.press("escape", "q", "y")
+        await until(pilot, lambda: not app.is_running)
+
+
+async def test_view_3s_log_scrolls_from_the_keyboard(tmp_path: Path) -> None:
+    app = make_app(InProcessLink(tiny_config(tmp_path),
+                                 trainer=ScriptedTrainer(lambda: events(epochs=3, log_every=20))))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: len(app.state.epochs) == 3 and app.settled)
+        await pilot.press("3")  # log and machine
+        await until(pilot, lambda: app.settled)
+        log = app.query_one("#full-log", LossLog)
+        await pilot.pause()
+        first, last = log.plain_lines[0], log.plain_lines[-1]
+        assert log.max_scroll_y > 0 and not is_line(log_rows(app, log)[0], first)
+        await pilot.press("home")  # the first line
+        assert is_line(log_rows(app, log)[0], first)
+        await pilot.press("pagedown")
+        assert not is_line(log_rows(app, log)[0], first)
+        await pilot.press("end")  # the newest
+        assert is_line(log_rows(app, log)[-1], last)
+        await pilot.press("q", "y")
+        await until(pilot, lambda: not app.is_running)
+
+
+def log_rows(app, log: LossLog) -> list[str]:
+    return [row.rstrip() for row in screen_rows(app, log.scrollable_content_region) if row.strip()]
+
+
+def is_line(row: str, line: str) -> bool:
+    """``row`` shows ``line``, whole or short of its last fields."""
+    return row == line or (row.endswith(" …") and line.startswith(row[:-2]))
+
+
+@pytest.mark.parametrize("width", [80, 60])
+async def test_the_status_line_drops_whole_segments_where_it_is_narrow(tmp_path: Path, width: int) -> None:
+    import msgspec
+
+    from core.events import RunStarted
+
+    def long_named():
+        for e in events(epochs=1):
+            yield (msgspec.structs.replace(e, run_name="20260101-120000-cifar10-resnet18-cbam", device="cuda:0",
+                                           precision="bf16", plan_label="seed") if isinstance(e, RunStarted) else e)
+
+    app = make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(long_named)))
+    async with app.run_test(size=(width, 24)) as pilot:
+        await until(pilot, lambda: len(app.state.epochs) == 1 and app.settled)
+        await pilot.pause()
+        line = screen_rows(app)[0].strip()
+        segments = line.split(" · ")
+        assert segments[0].split()[-1] == "20260101-120000-cifar10-resnet18-cbam", line
+        assert set(segments[1:]) <= {"cifar10", "cuda:0", "bf16", "plan seed"}, line  # whole, none cut
+        assert not line.endswith(("·", "…")), line
+        if width == 80:  # the plan outranks the device and the precision
+            assert "plan seed" in segments and "bf16" not in segments, line
+        await pilot.press("q", "y")
+        await until(pilot, lambda: not app.is_running)
+
+
 async def test_a_failing_worker_opens_a_modal_and_exits_nonzero(tmp_path: Path) -> None:
     def broken(config, emit, control) -> StopReason:
         emit(next(iter(events(epochs=1))))
@@ -207,6 +281,19 @@ async def test_a_finished_run_is_a_post_mortem_that_cannot_be_steered(tmp_path: 
         assert "cannot pause: the run has finished" in log_text(app)
         await pilot.press("q")
     assert app.exit_code == 0
+
+
+async def test_a_stopped_run_says_its_machine_is_not_read(tmp_path: Path) -> None:
+    path = stopped_run(tmp_path)
+    app = make_app(DirectoryLink(path))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.state.status == Status.STOPPED and app.state.watching is not None, timeout=10)
+        await pilot.press("3")  # log and machine
+        await until(pilot, lambda: app.settled)
+        await pilot.pause()
+        shown = "\n".join(screen_rows(app, app.query_one("#hardware-full").content_region))
+        assert "machine: not read (the run is not running)" in shown and "no reading yet" not in shown
+        await pilot.press("q")
 
 
 async def test_keys_reach_a_live_run_and_leaving_does_not_stop_it(tmp_path: Path) -> None:

@@ -61,6 +61,33 @@ async def test_the_log_styles_a_line_by_its_kind_not_by_its_text() -> None:
         assert any(s.style is not None and s.style.color is not None and s.style.color.name == "cyan" for s in epoch)
 
 
+async def test_the_log_scrolls_by_keys_and_follows_the_end_again_once_back_at_the_bottom() -> None:
+    app = OneLog()
+    async with app.run_test(size=(60, 6)) as pilot:
+        log = app.query_one(LossLog)
+        log.focus()
+        log.add_lines([LogLine(LineKind.TEXT, f"line {i}") for i in range(40)])
+        await pilot.pause()
+
+        def top() -> str:
+            return log.plain_lines[int(log.scroll_y)]
+
+        assert log.scroll_y == log.max_scroll_y > 0  # at the newest line
+        await pilot.press("home")  # the first line
+        assert top() == "line 0"
+        await pilot.press("pagedown", "down")  # a page and a line on
+        assert top() == f"line {log.scrollable_content_region.height + 1}"
+        await pilot.press("up", "pageup")  # and back
+        assert top() == "line 0"
+        log.add_lines([LogLine(LineKind.TEXT, "line 40")])  # a new line does not pull a reader away
+        await pilot.pause()
+        assert top() == "line 0"
+        await pilot.press("end")  # back at the bottom: following again
+        log.add_lines([LogLine(LineKind.TEXT, "line 41")])
+        await pilot.pause()
+        assert log.scroll_y == log.max_scroll_y and log.render_line(log.size.height - 1).text.rstrip() == "line 41"
+
+
 def _names_state(node: ast.expr) -> bool:
     """``state``, ``x.state`` or ``x.state.y[...]``: an expression reaching into a RunState."""
     while isinstance(node, (ast.Attribute, ast.Subscript)):

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -21,10 +22,12 @@ from core.events import (
     ClassAccuracy,
     EpochEnded,
     Evaluating,
+    Event,
     GpuProcess,
     GpuSample,
     IterLosses,
     Progress,
+    RunStarted,
     StageStarted,
     SystemSample,
 )
@@ -33,7 +36,7 @@ from core.plan import PlanOptions
 from core.state import RunState, fmt_seconds
 from core.vocab import Status
 from tests.conftest import tiny_config, train
-from tests.helpers import until
+from tests.helpers import screen_rows, until
 from tests.scripted import ScriptedTrainer, events
 from tui.app import make_app
 from tui.links import InProcessLink
@@ -209,6 +212,106 @@ async def test_hours_left_show_whole_at_80_columns(tmp_path: Path) -> None:
         run_left = fmt_seconds(49 * 782 * 64 / 9.0)  # 49 epochs of 782 batches of 64 at 9 img/s
         stage_left = fmt_seconds(4 * 782 * 64 / 9.0)
         assert run_left == "3d03h" and text == f"left: epoch 0s · stage {stage_left} · run {run_left}"
+        await pilot.press("q", "y")
+
+
+SHAPES = ("disk", "square", "triangle", "ring", "plus", "cross", "hbar", "vbar", "diamond", "frame")
+CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@pytest.mark.parametrize("classes", [SHAPES, CIFAR10], ids=["demo", "cifar10"])
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
+async def test_the_confusion_matrix_names_classes_in_full_where_they_fit(
+    tmp_path: Path, size: tuple[int, int], classes: tuple[str, ...]
+) -> None:
+    def named() -> Iterator[Event]:
+        for e in events(epochs=1):
+            yield msgspec.structs.replace(e, classes=classes) if isinstance(e, RunStarted) else e
+
+    app = make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(named)))
+    async with app.run_test(size=size) as pilot:
+        await until(pilot, lambda: len(app.state.epochs) == 1 and app.settled)
+        await pilot.press("4")  # per-class accuracy and the confusion matrix
+        await until(pilot, lambda: app.settled)
+        await pilot.pause()
+        view = app.query_one("#classes")
+        lines = text_of(app.query_one("#class-body")).splitlines()
+        matrix = lines[next(i for i, line in enumerate(lines) if line.startswith("confusion matrix")) + 1:]
+        assert all(len(line.rstrip()) <= view.scrollable_content_region.width for line in matrix), matrix
+        assert matrix[0].split() == list(classes)  # the heads, whole: they fit at these sizes
+        assert [line.split()[0] for line in matrix[1:11]] == list(classes)
+        await pilot.press("q", "y")
+
+
+@pytest.mark.parametrize("width", range(30, 80, 3))
+@pytest.mark.parametrize("classes", [SHAPES, CIFAR10], ids=["demo", "cifar10"])
+def test_class_names_are_cut_only_where_they_must_be_and_all_alike(classes: tuple[str, ...], width: int) -> None:
+    from tui.widgets.class_view import matrix_labels
+
+    rows, heads = matrix_labels(classes, 3, width)
+    for shown in (rows, heads):
+        cut = {len(name) for name in shown if name.endswith("…")}
+        assert len(cut) <= 1, shown  # all cut to one length, or none
+        assert all(name == whole or (name.endswith("…") and whole.startswith(name[:-1]) and len(whole) > len(name))
+                   for name, whole in zip(shown, classes, strict=True)), shown
+    needed = max(map(len, rows)) + sum(max(len(head), 3) + 1 for head in heads)
+    assert needed <= width or all(len(name) <= 4 for name in rows + heads)  # fits, or as short as names go
+    if any(name.endswith("…") for name in rows):  # the row labels give way only when the heads alone cannot
+        assert max(map(len, classes)) + sum(max(min(len(name), 4), 3) + 1 for name in classes) > width
+
+
+def test_a_line_breaks_only_between_phrases() -> None:
+    from rich.text import Text
+
+    from tui.widgets.text_panel import wrap_phrases
+
+    line = Text("process ", style="bold")
+    line.append("cpu 200% · 1.0 GiB resident · batch prep 2% of a step")
+    assert wrap_phrases(line, 80) is line  # fits: as it was
+    assert wrap_phrases(line, 40, 8).plain == "process cpu 200% · 1.0 GiB resident\n        batch prep 2% of a step"
+    assert wrap_phrases(line, 20, 8).plain == "process cpu 200%\n        1.0 GiB resident\n        batch prep 2% of a step"
+    assert wrap_phrases(line, 40, 8).spans[0].style == "bold"  # the styles stay
+    assert wrap_phrases(Text("a  ·  b  ·  c"), 9, separator="  ·  ").plain == "a  ·  b\nc"
+
+
+def two_cpus() -> Iterator[Event]:
+    """The scripted run on a 2-CPU laptop with torch on both."""
+    for e in events(epochs=1, gpus=False):
+        if isinstance(e, RunStarted):
+            yield msgspec.structs.replace(e, threads=2)
+        elif isinstance(e, SystemSample):
+            yield msgspec.structs.replace(e, cpu_percent=200.0, rss=2**30, busy_elsewhere=0.0)
+        else:
+            yield e
+
+
+def panel_rows(app, selector: str) -> list[str]:
+    widget = app.query_one(selector)
+    return [row.strip() for row in screen_rows(app, widget.content_region) if row.strip()]
+
+
+async def test_the_machine_panel_breaks_its_lines_between_phrases(tmp_path: Path) -> None:
+    app = make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(two_cpus)))
+    async with app.run_test(size=(120, 40)) as pilot:  # the dashboard's machine panel, in the left column
+        await until(pilot, lambda: len(app.state.epochs) == 1 and app.settled)
+        await pilot.pause()
+        rows = panel_rows(app, "#hardware")
+        assert not [row for row in rows if row.endswith("·")], rows
+        assert any(row.endswith("batch prep 0% of a step") for row in rows), rows
+        assert any(row.endswith("other processes 0.0 of 2 CPUs") for row in rows), rows
+        await pilot.press("q", "y")
+
+
+async def test_the_model_trees_totals_break_between_phrases(tmp_path: Path) -> None:
+    app = make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(lambda: events(epochs=1))))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: len(app.state.epochs) == 1 and app.settled)
+        await pilot.press("2")  # the model tree
+        await until(pilot, lambda: app.settled)
+        await pilot.pause()
+        rows = panel_rows(app, "#tree-totals")
+        assert len(rows) > 1 and not [row for row in rows if row.endswith("·")], rows
+        assert any(row.startswith("Params size (MB): ") for row in rows), rows
         await pilot.press("q", "y")
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 from textual.app import App, ComposeResult
-from textual.geometry import Region
 from textual.widget import Widget
 
 from tests.conftest import tiny_config
+from tests.helpers import screen_rows
 from tests.scripted import ScriptedTrainer, events
 from tui.app import make_app
 from tui.links import InProcessLink
@@ -27,12 +27,6 @@ SIZES = [(80, 24), (100, 30), (120, 40), pytest.param((200, 50), marks=pytest.ma
 KEYS = (("1", "dashboard"), ("2", "tree"), ("3", "log"), ("4", "classes"), ("5", "attention"), ("6", "curves"))
 NUMBER = re.compile(r"-?\d+(\.\d+)?(e-?\d+)?")
 INSIDE = re.compile(r"[^\s\u2800-\u28ff─│┤┬┼├┴]")  # what may not be in a plot's box but braille and lines
-
-
-def screen_rows(app, region: Region) -> list[str]:
-    """The screen's text inside ``region``, row by row (as drawn, cell for cell)."""
-    strips = app.screen._compositor.render_strips()
-    return [strips[y].crop(region.x, region.right).text for y in range(region.y, region.bottom)]
 
 
 def plot_problems(rows: list[str]) -> list[str]:

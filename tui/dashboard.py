@@ -301,7 +301,8 @@ class DashboardScreen(RunScreen):
                 Panel("stage", lambda: (state.version, self.app.size), lambda: stage.update_from(state), fast=True),
                 Panel("modules", lambda: (id(state.stage), len(state.group_curves)),
                       lambda: modules.update_from(state), fast=True),
-                Panel("hardware", lambda: (id(state.system), state.data_share), lambda: hardware.update_from(state)),
+                Panel("hardware", lambda: (id(state.system), state.data_share, self._run_is_running()),
+                      lambda: hardware.update_from(state, running=self._run_is_running())),
                 plot("loss", losses, "#loss-curve"), plot("epochs", epochs, "#acc-curve", "#epoch-loss-curve"),
                 plot("lr-side", groups, "#lr-side"),
             ],
@@ -310,8 +311,10 @@ class DashboardScreen(RunScreen):
             View.SYSTEM: [
                 status, log,
                 Panel("hardware",
-                      lambda: (id(state.system), state.data_share, self._ui_line(), hardware_full.size.width),
-                      lambda: hardware_full.update_from(state, self._ui_line(), history=True), fast=True),
+                      lambda: (id(state.system), state.data_share, self._ui_line(), hardware_full.size.width,
+                               self._run_is_running()),
+                      lambda: hardware_full.update_from(state, self._ui_line(), history=True,
+                                                        running=self._run_is_running()), fast=True),
             ],
             View.CLASSES: [status, Panel("view", lambda: (len(state.class_reports), id(state.started)),
                                          lambda: classes.update_from(state), fast=True)],
@@ -320,6 +323,10 @@ class DashboardScreen(RunScreen):
             View.CURVES: [status, plot("loss", losses, "#loss-big"),
                           plot("groups", groups, "#lr-curve", "#grad-curve")],
         }
+
+    def _run_is_running(self) -> bool:
+        """Whether the run is running now, so that its machine is read."""
+        return self.run_app.live and not self.run_app.state.status.ended
 
     def _show_plots(self, plots: list[Plot]) -> None:
         state = self.run_app.state
@@ -468,6 +475,8 @@ class DashboardScreen(RunScreen):
         self.redraw()
         if view == View.TREE:
             self.query_one(LayerTree).focus()  # arrows move, enter or space opens a node
+        elif view == View.SYSTEM:
+            self.query_one("#full-log").focus()  # arrows, page keys, Home and End scroll the log
         elif view in (View.CLASSES, View.ATTENTION):
             self.query_one(f"#{view}").focus()  # arrows and page keys scroll
 

@@ -9,7 +9,7 @@ from rich.text import Text
 
 from core.events import GpuProcess
 from core.state import RunState
-from tui.widgets.text_panel import TextPanel
+from tui.widgets.text_panel import TextPanel, wrap_phrases
 
 GIB = 2**30
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -17,14 +17,26 @@ LABEL_W = 12  # "  gpu0 util " before a sparkline
 
 
 class HardwarePanel(TextPanel):
-    def update_from(self, state: RunState, ui: str = "", history: bool = False) -> None:
+    _last: tuple[RunState, str, bool, bool] | None = None
+
+    def on_resize(self) -> None:
+        if self._last is not None:  # its lines break where the new width needs them to
+            self.update_from(*self._last)
+
+    def update_from(self, state: RunState, ui: str = "", history: bool = False, running: bool = True) -> None:
         """``ui``: the dashboard's own cost, a line of its own; ``history``: the last minute's
-        sparklines and each GPU's other processes (both on view 3)."""
+        sparklines and each GPU's other processes (both on view 3); ``running``: whether the
+        run is running now (a stopped or finished one is not read, and may never have been)."""
+        self._last = (state, ui, history, running)
         s = state.system
         if s is None:
-            self.show(Text("machine: no reading yet" + (f"\n{ui}" if ui else ""), style="dim"))
+            said = "machine: no reading yet" if running else "machine: not read (the run is not running)"
+            self.show(Text(said + (f"\n{ui}" if ui else ""), style="dim"))
             return
         lines = Text()
+        if not running:
+            lines.append("machine: its last reading, from while the run was running\n", style="dim")
+        width = self.content_region.width
         for g in s.gpus:
             line = Text(f"gpu{g.index} ", style="bold")
             line.append(f"{g.utilization:3.0f}% ", style=_load(g.utilization))
@@ -34,7 +46,7 @@ class HardwarePanel(TextPanel):
             if g.temperature >= 0:
                 line.append(f" · {g.temperature:.0f}°C")
             line.append(f"  {g.name}", style="dim")
-            lines.append(line)
+            lines.append(wrap_phrases(line, width, len(f"gpu{g.index} ")))
             lines.append("\n")
             if history:
                 lines.append(self._gpu_history(state, g.index))
@@ -42,11 +54,8 @@ class HardwarePanel(TextPanel):
         proc.append(f"cpu {s.cpu_percent:.0f}% · {s.rss / GIB:.1f} GiB resident")
         if s.cuda_peak:
             proc.append(f" · cuda peak {s.cuda_peak / GIB:.1f} GiB")
-        prep = f"batch prep {100 * state.data_share:.0f}% of a step"
-        width = self.content_region.width
-        fits = width <= 0 or proc.cell_len + 3 + len(prep) <= width
-        proc.append(f" · {prep}" if fits else f"\n{'':>8}{prep}")  # a line of its own rather than a broken one
-        lines.append(proc)
+        proc.append(f" · batch prep {100 * state.data_share:.0f}% of a step")
+        lines.append(wrap_phrases(proc, width, len("process ")))
         if history:  # against the CPUs it may use; where they are not known, against its busiest second
             cores = s.cpus
             lines.append("\n")
@@ -56,13 +65,13 @@ class HardwarePanel(TextPanel):
         cpu = cpu_line(state)
         if cpu is not None:
             lines.append("\n")
-            lines.append(cpu)
+            lines.append(wrap_phrases(cpu, width, len("cpu ")))
         if s.note:
             lines.append("\n")
             lines.append(s.note, style="dim")
         if ui:
             lines.append("\n")
-            lines.append(ui, style="dim")
+            lines.append(wrap_phrases(Text(ui, style="dim"), width, 2))
         self.show(lines)
 
     def _gpu_history(self, state: RunState, index: int) -> Text:

@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
@@ -59,6 +59,20 @@ def _table(rows: tuple[tuple[str, str], ...]) -> Table:
     return table
 
 
+SCROLL_HINT = " ↑ ↓ PgUp PgDn Home End: more "
+
+
+class HelpBody(VerticalScroll):
+    """The dialog itself scrolls, from the keyboard too (it takes the focus); where it does not
+    all fit, its bottom border says how to see the rest."""
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._hint)
+
+    def _hint(self) -> None:
+        self.border_subtitle = SCROLL_HINT if self.max_scroll_y > 0 else ""
+
+
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close")]
 
@@ -70,6 +84,6 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         note = Text("Keys that cannot act now are left out of the footer.")
         marks = (_table(self.marks), Text()) if self.marks else ()
-        with Vertical(id="dialog"):
+        with HelpBody(id="dialog"):
             yield Static("Keys", classes="dialog-title")
             yield Static(Group(_table(self.keys), Text(), *marks, note))

@@ -14,9 +14,11 @@ from textual.widgets.tree import TreeNode
 from core.events import LayerRow
 from core.state import RunState
 from tui.summary_view import row_label, shape_text
+from tui.widgets.text_panel import wrap_phrases
 
 SHAPE_W, PARAMS_W, TRAIN_W = 18, 12, 10
 GUTTER = 2  # the tree's vertical scroll bar
+TOTALS_SEPARATOR = "  ·  "
 
 
 class ModelTree(Vertical):
@@ -42,7 +44,8 @@ class ModelTree(Vertical):
         tree.update_from(state)
         if tree.populated:
             self.query_one("#tree-head", Static).update(tree.header())
-            self.query_one("#tree-totals", Static).update(totals(state))
+            shown = self.query_one("#tree-totals", Static)
+            shown.update(wrap_phrases(totals(state), shown.content_region.width, separator=TOTALS_SEPARATOR))
 
 
 def totals(state: RunState) -> Text:
@@ -52,11 +55,11 @@ def totals(state: RunState) -> Text:
     root = state.started.model_rows[0]
     total = root.params
     trainable = state.stage.row_trainable[0] if state.stage is not None and state.stage.row_trainable else 0
-    out = Text(f"Total params: {total:,}  ·  ", style="bold")
+    out = Text(f"Total params: {total:,}{TOTALS_SEPARATOR}", style="bold")
     out.append(f"Trainable params: {trainable:,}", style="bold green")
-    out.append(f"  ·  Non-trainable params: {total - trainable:,}", style="bold")
+    out.append(f"{TOTALS_SEPARATOR}Non-trainable params: {total - trainable:,}", style="bold")
     if root.param_bytes:  # runs recorded before the size was kept do not have it
-        out.append(f"  ·  Params size (MB): {root.param_bytes / 1e6:,.2f}", style="bold")
+        out.append(f"{TOTALS_SEPARATOR}Params size (MB): {root.param_bytes / 1e6:,.2f}", style="bold")
     if state.stage is not None:
         out.append(f"  (stage {state.stage.stage}: {state.stage.name})", style="dim")
     return out

@@ -4,6 +4,8 @@ and a layout pass of the whole screen costs more than the line itself."""
 
 from __future__ import annotations
 
+import itertools
+
 from rich.cells import cell_len
 from rich.text import Text
 from textual.widgets import Static
@@ -36,3 +38,30 @@ class TextPanel(Static):
                 chosen = variant
                 break
         self.show(chosen)
+
+
+def wrap_phrases(text: Text, width: int, indent: int = 0, separator: str = " · ") -> Text:
+    """``text`` within ``width`` cells, broken only at its separators: a phrase stays on one
+    line, and each line after the first is indented by ``indent`` (under the first phrase,
+    past its label). A phrase wider than the line itself is left to wrap."""
+    plain = text.plain
+    if width <= 0 or cell_len(plain) <= width:
+        return text
+    bounds, start = [], 0
+    while (at := plain.find(separator, start)) >= 0:
+        bounds.append((start, at))
+        start = at + len(separator)
+    bounds.append((start, len(plain)))
+    out = text[bounds[0][0] : bounds[0][1]]
+    used = out.cell_len
+    for (_, end), (start, stop) in itertools.pairwise(bounds):
+        phrase, sep = text[start:stop], text[end:start]
+        if used + sep.cell_len + phrase.cell_len <= width:
+            out.append_text(sep)
+            used += sep.cell_len
+        else:
+            out.append("\n" + " " * indent)
+            used = indent
+        out.append_text(phrase)
+        used += phrase.cell_len
+    return out
