@@ -45,7 +45,7 @@ class HardwarePanel(TextPanel):
                 line.append(f" · {g.power:.0f} W")
             if g.temperature >= 0:
                 line.append(f" · {g.temperature:.0f}°C")
-            line.append(f"  {g.name}", style="dim")
+            line.append(f" · {g.name}", style="dim")  # a phrase of its own: it goes to the next line whole
             lines.append(wrap_phrases(line, width, len(f"gpu{g.index} ")))
             lines.append("\n")
             if history:
