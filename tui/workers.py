@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -241,7 +242,7 @@ class Workers:
         # A failure the ranks wrote already is not said twice; a signal that killed one is news,
         # unless what they wrote names that rank (a sibling's watchdog killed one that stopped answering).
         ended = state.ended
-        explained = isinstance(ended, RunFailed) and bool(self.first_failed) and self.first_failed in ended.message
+        explained = isinstance(ended, RunFailed) and names(ended.message, self.first_failed)
         if self.killed is not None or (self.signalled and not explained) or not state.status.ended:
             kept = self.rundir.checkpoint_path() if self.rundir.has_checkpoint() else None
             why = self.killed or self.failure or "the training processes ended without a final event"
@@ -251,6 +252,12 @@ class Workers:
         if self.killed is not None and self._stop_reason is not None:
             return self._stop_reason  # it stopped as the signal asked, though not with a checkpoint
         return StopReason.FAILED
+
+
+def names(message: str, rank: str) -> bool:
+    """Whether ``message`` names ``rank`` ("rank N (pid P)"), as the ranks name each other:
+    "rank N (pid P on HOST)", perhaps with a node."""
+    return bool(rank) and re.search(re.escape(rank.removesuffix(")")) + r"[) ,]", message) is not None
 
 
 def final_state(run: Path) -> RunState:

@@ -96,10 +96,11 @@ def test_the_browser_page_follows_the_run_and_its_keys_steer_it(tmp_path: Path, 
 
         def dashboard() -> str:
             shown = screen()
-            return shown if "Stage 1/3" in shown and "batch" in shown else ""
+            return shown if "Stage 1/3" in shown and "batch" in shown and "attached" in shown else ""
 
-        shown = wait_for("the run on the page", dashboard, timeout=120)
-        assert "attached" in shown and "it's a $(touch pwned) run"[:12] in shown, shown
+        # "attached" comes with the follower's first look at the run's owner, a moment after its history.
+        shown = wait_for("the run on the page, attached", dashboard, timeout=120)
+        assert "it's a $(touch pwned) run"[:12] in shown, shown
         wait_for("the run training", lambda: of(run, "batch_logged"), timeout=120)
         page.focus(".xterm-helper-textarea")  # where xterm.js takes the keyboard
         page.keyboard.press("p")  # pause, as on the terminal
