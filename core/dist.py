@@ -39,7 +39,7 @@ import torch.distributed as dist
 
 from core.control import Control
 from core.errors import ConfigError
-from core.vocab import Command, Exit, StopReason
+from core.vocab import STALLED, Command, Exit, StopReason
 
 SYNC_EVERY_S = 0.2
 PAUSED_SYNC_S = 0.1
@@ -376,7 +376,7 @@ class Watchdog:
     # --- the judge: no store call, ever ---------------------------------------------------
     def _judge_loop(self) -> None:
         while not self._stopped.wait(BEAT_S):
-            verdict = self._judge(self.stall_s, "stopped answering for")
+            verdict = self._judge(self.stall_s, STALLED)
             if verdict is not None and not self._stopped.is_set():
                 self._fire(verdict)
                 return

@@ -90,6 +90,7 @@ _EXIT_CODES = {
 # --- commands: what a run is asked to do ----------------------------------------------
 
 VERBS = ("pause", "resume", "next", "save", "stop", "lr", "epochs")
+STALLED = "stopped answering for"  # a group's verdict on a silent rank, which a sibling then kills
 MAX_VALUE = 40  # characters of a command's value: longer is no rate, factor or epoch change
 MIN_FACTOR, MAX_FACTOR = 1e-3, 1e3  # of `lr xF`; the rates it gives must stay within MIN_LR..MAX_LR too
 _RANK_STOPS = tuple(r.value for r in StopReason if r.for_ranks)

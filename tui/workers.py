@@ -38,7 +38,7 @@ from core.inbox import send
 from core.rundir import LOCK, WORKERS, EventReader, RunDir, open_run
 from core.safefs import Dir
 from core.state import RunState
-from core.vocab import Command, Exit, Status, StopReason
+from core.vocab import STALLED, Command, Exit, Status, StopReason
 from tui.launch import LOCKED_AT_ENV
 
 OWNER_ENV = "CBAM_TUI_RUN_OWNER"  # the launcher's pid: rank 0 joins the run it holds
@@ -242,7 +242,7 @@ class Workers:
         # A failure the ranks wrote already is not said twice; a signal that killed one is news,
         # unless what they wrote names that rank (a sibling's watchdog killed one that stopped answering).
         ended = state.ended
-        explained = isinstance(ended, RunFailed) and names(ended.message, self.first_failed)
+        explained = isinstance(ended, RunFailed) and killed_by_sibling(ended.message, self.first_failed)
         if self.killed is not None or (self.signalled and not explained) or not state.status.ended:
             kept = self.rundir.checkpoint_path() if self.rundir.has_checkpoint() else None
             why = self.killed or self.failure or "the training processes ended without a final event"
@@ -254,10 +254,13 @@ class Workers:
         return StopReason.FAILED
 
 
-def names(message: str, rank: str) -> bool:
-    """Whether ``message`` names ``rank`` ("rank N (pid P)"), as the ranks name each other:
-    "rank N (pid P on HOST)", perhaps with a node."""
-    return bool(rank) and re.search(re.escape(rank.removesuffix(")")) + r"[) ,]", message) is not None
+def killed_by_sibling(message: str, rank: str) -> bool:
+    """Whether the ranks wrote that ``rank`` ("rank N (pid P)", as the launcher names it)
+    stopped answering, the verdict after which a sibling kills it. The ranks name each
+    other "rank N (pid P on HOST)", perhaps with a node. A rank killed from outside is
+    only "gone" to them: its signal is the news."""
+    name = re.escape(rank.removesuffix(")")) + r"(?: on [^)]*)?\) "
+    return bool(rank) and re.search(name + re.escape(STALLED), message) is not None
 
 
 def final_state(run: Path) -> RunState:
