@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -252,11 +253,15 @@ def keys_while_training(tmp: Path) -> tuple[list[float], list[float], float]:
             screen = tmux("capture-pane", "-p", "-t", pane)
             if found in screen and gone not in screen:
                 return (time.perf_counter() - t) * 1000
+            if time.perf_counter() - t > 60:
+                raise SystemExit(f"bench: {found!r} did not show within 60 s:\n{screen}")
             time.sleep(0.005)
 
-    until("batch 20/")
+    # Training, a few batches in (the counter moves in steps, so no one number is sure to show).
+    while not (m := re.search(r"batch (\d+)/", tmux("capture-pane", "-p", "-t", pane))) or int(m[1]) < 20:
+        time.sleep(0.05)
     views = []
-    for key, shown, gone in [("2", "◆ CBAM", "Module"), ("1", "Module", "◆"), ("3", "trainable:", "Module"),
+    for key, shown, gone in [("2", "◆ CBAM", "Module"), ("1", "Module", "◆"), ("3", "UI thread", "Module"),
                              ("1", "Module", "◆")] * 3:
         tmux("send-keys", "-t", pane, key)
         views.append(until(shown, gone))
