@@ -258,7 +258,10 @@ def keys_while_training(tmp: Path) -> tuple[list[float], list[float], float]:
             time.sleep(0.005)
 
     # Training, a few batches in (the counter moves in steps, so no one number is sure to show).
-    while not (m := re.search(r"batch (\d+)/", tmux("capture-pane", "-p", "-t", pane))) or int(m[1]) < 20:
+    started = time.perf_counter()
+    while not (m := re.search(r"batch (\d+)/", screen := tmux("capture-pane", "-p", "-t", pane))) or int(m[1]) < 20:
+        if time.perf_counter() - started > 300:
+            raise SystemExit(f"bench: the run did not reach batch 20 within 300 s:\n{screen}")
         time.sleep(0.05)
     views = []
     for key, shown, gone in [("2", "◆ CBAM", "Module"), ("1", "Module", "◆"), ("3", "UI thread", "Module"),
