@@ -53,11 +53,12 @@ LEGS = {
     # (each a change of state, drawn at once), which no real run is like.
     "standard-short": ["--image-size", "16", "--batch-size", "32", "--limit-train", "640", "--limit-test", "64",
                        "--stage-epochs", "1,1,1", "--log-every", "5"],
-    # On a GPU (bench/gpu_check.sh): 32x32, the default plan's shape, every step dispatch-bound.
-    "gpu64": ["--device", "cuda", "--image-size", "32", "--batch-size", "64", "--limit-train", "9600",
+    # On a GPU (bench/gpu_check.sh): 32x32, the default plan's shape, every step dispatch-bound;
+    # 300 and 60 batches an epoch, epochs of a few seconds.
+    "gpu64": ["--device", "cuda", "--image-size", "32", "--batch-size", "64", "--limit-train", "19200",
               "--limit-test", "1000", "--stage-epochs", "1,1,1", "--log-every", "100"],
-    "gpu512": ["--device", "cuda", "--image-size", "32", "--batch-size", "512", "--limit-train", "20480",
-               "--limit-test", "1000", "--stage-epochs", "1,1,1", "--log-every", "10"],
+    "gpu512": ["--device", "cuda", "--image-size", "32", "--batch-size", "512", "--limit-train", "30720",
+               "--limit-test", "1000", "--stage-epochs", "2,2,2", "--log-every", "10"],
 }
 
 

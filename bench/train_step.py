@@ -180,10 +180,16 @@ def bare_epoch(config: RunConfig, stage: int) -> float:
 
 
 def overhead(args: argparse.Namespace, work: Path) -> int:
-    if args.batch_size == 64:  # the step benchmark's default: the dispatch-bound regime is small batches
+    if args.batch_size is None:  # the dispatch-bound regime is small batches
         args.batch_size = 8
     print(f"torch {torch.__version__}, device {args.device}; synthetic {args.image_size}x{args.image_size} images, "
           f"batch {args.batch_size}, {args.epoch_batches} batches an epoch, {args.repeats} repeats")
+    # One untimed epoch first, of stage 3 (every layer's gradients): the process's first steps
+    # pay one-time costs (cuDNN's algorithm search on a GPU, the allocator's growth) that
+    # would otherwise fall on whichever contender runs first.
+    warm = bare_epoch(overhead_config(work / "warm-up", 2, args.batch_size, args.image_size,
+                                      min(args.epoch_batches, 30), args.device), 2)
+    print(f"warm-up: {warm:.1f} img/s, untimed")
     ratios: list[list[float]] = [[], [], []]
     for r in range(args.repeats):
         for stage in range(3):
@@ -231,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, help="images a step (default 64; 8 with --overhead)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="also time the Trainer with --compile")
     parser.add_argument("--json", type=Path, help="write the medians here too")
@@ -241,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epoch-batches", type=int, default=120, help="with --overhead: batches in the timed epoch")
     args = parser.parse_args(argv)
     size = 32
+    if args.batch_size is None and not args.overhead:
+        args.batch_size = 64
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.overhead:
