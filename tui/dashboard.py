@@ -244,7 +244,8 @@ class DashboardScreen(RunScreen):
     def settled(self) -> bool:
         if self._lines:
             return False
-        return all(p.key() == p.drawn for p in self._panels.get(self._view, ())) and self._footer_current()
+        return (all(p.key() == p.drawn for p in self._panels.get(self._view, ())) and self._footer_current()
+                and all(log.caught_up for log in self.query(LossLog)))
 
     def _footer_current(self) -> bool:
         """The footer shows the keys that act now (it recomposes after a refresh, not at once)."""

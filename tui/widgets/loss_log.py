@@ -121,6 +121,11 @@ class LossLog(ScrollView):
             self.scroll_end(animate=False, immediate=False, x_axis=False)
 
     @property
+    def caught_up(self) -> bool:
+        """Shows its newest line, if it follows them (its scroll to the end runs after a refresh)."""
+        return not (self._follow and self.size.height) or self.scroll_y >= self.max_scroll_y
+
+    @property
     def plain_lines(self) -> list[str]:
         return [line.text for line in self._lines]
 
