@@ -51,6 +51,16 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def quick_rest(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scripted run sends its history at once and then nothing; the dashboard's budget
+    rests (every panel that moved draws) once no progress came for IDLE_S. A fifth of a
+    second stands for a real run's three, so a test that waits for a settled screen does
+    not wait three seconds for it. ``@pytest.mark.real_idle`` keeps the three seconds."""
+    if request.node.get_closest_marker("real_idle") is None:
+        monkeypatch.setattr("tui.dashboard.IDLE_S", 0.2)
+
+
 MEMORY_TEMP = Path("/dev/shm")
 MEMORY_TEMP_ROOM = 8 << 30  # bytes free there before tests use it: a few runs at once, and room for the rest
 

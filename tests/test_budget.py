@@ -173,6 +173,7 @@ def test_which_events_are_urgent() -> None:
     assert urgent(Paused(1, 1, 1, "user")) and not urgent(Progress(1, 1, 1, 1, 1.0, 0.0))
 
 
+@pytest.mark.real_idle
 async def test_an_epochs_end_reaches_the_charts_at_once_however_far_over_its_budget_the_dashboard_is(
         tmp_path: Path) -> None:
     script = list(events(epochs=3, batches=200, log_every=50))

@@ -18,14 +18,6 @@ VIEWS = [((), "dashboard"), (("2",), "tree"), (("3",), "log"), (("4",), "classes
          (("6",), "curves"), (("question_mark",), "help")]
 
 
-@pytest.fixture(autouse=True)
-def quick_rest(monkeypatch) -> None:
-    """The scripted run sends its whole history at once and then nothing: the budget rests
-    after IDLE_S without progress. A fifth of a second stands for the three seconds a real
-    run waits, so a snapshot is not three seconds of waiting."""
-    monkeypatch.setattr("tui.dashboard.IDLE_S", 0.2)
-
-
 def scripted_app(tmp_path: Path):
     return make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(lambda: events(epochs=3))))
 
