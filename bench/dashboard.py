@@ -135,7 +135,7 @@ def dashboard(run_dir: Path, leg: list[str], size: tuple[int, int] = (120, 40), 
         time.sleep(0.2)
     tmux("kill-pane", "-t", pane)
     ui = json.loads(report.read_text())
-    out = {**throughput(run_dir), "ui_share": ui["ui_cpu_s"] / max(ui["wall_s"], 1e-9), "factor": ui["factor"]}
+    out = {**throughput(run_dir), "ui_share": ui["ui_cpu_s"] / max(ui["wall_s"], 1e-9), "top_factor": ui["top_factor"]}
     if spy is not None:
         spy.wait()
         out["gil"] = gil_shares(run_dir.parent / f"{run_dir.name}.gil", py_spy)
@@ -167,8 +167,8 @@ def pairs(tmp: Path, name: str, leg: list[str], n: int, py_spy: float) -> None:
               f"({step_ms:.0f} ms a step; epochs {', '.join(f'{x:.0f}' for x in h['epochs'])}), dashboard "
               f"{d['ips']:.1f} img/s (epochs {', '.join(f'{x:.0f}' for x in d['epochs'])}) = "
               f"{100 * d['ips'] / h['ips']:.1f}% (after the first epoch {100 * d['later'] / h['later']:.1f}%); "
-              f"UI thread {100 * d['ui_share']:.2f}% of the wall time (the budget's factor at the end "
-              f"{d['factor']:.1f}); "
+              f"UI thread {100 * d['ui_share']:.2f}% of the wall time (the budget's factor reached "
+              f"{d['top_factor']:.1f}); "
               f"threads {h['threads']}/{d['threads']}", flush=True)
     ratios = [d["ips"] / h["ips"] for h, d in rows]
     later = [d["later"] / h["later"] for h, d in rows]

@@ -123,8 +123,10 @@ def test_no_budget_while_nothing_trains() -> None:
     b = budget_with(t)
     t.run(2 * WINDOW_S, 0.5, b)
     assert b.factor > 1
+    reached = b.factor
     b.set_active(False)  # paused, loading or over: every change shows at once
     assert b.factor == 1.0 and b.due("hardware")
+    assert b.top_factor == reached  # what the run's report gives (bench/dashboard.py)
     b.drawn("loss")
     assert b.due("loss")
 

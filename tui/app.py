@@ -175,7 +175,7 @@ class CbamApp(App[int]):
         if report:
             b = self.budget
             with contextlib.suppress(OSError), open(report, "w") as f:
-                json.dump({"ui_cpu_s": b.spent, "wall_s": b.spent_over, "factor": b.factor}, f)
+                json.dump({"ui_cpu_s": b.spent, "wall_s": b.spent_over, "top_factor": b.top_factor}, f)
 
     # --- the worker -----------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False, group="training")

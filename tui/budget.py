@@ -77,6 +77,7 @@ class RenderBudget:
         self.clock = clock
         self.cpu = cpu
         self.factor = 1.0
+        self.top_factor = 1.0  # the highest it went while a run trained (the factor rests with the run)
         self.share = 0.0  # over the last full window
         self.active = False  # a run is training: the budget applies
         self._samples: deque[tuple[float, float]] = deque()
@@ -110,6 +111,7 @@ class RenderBudget:
         elif self.share > AIM_HIGH * self.budget:
             # Proportional, so a dashboard 5x over its budget is back under within a window or two.
             self.factor = min(self.factor * max(1.25, self.share / (AIM_HIGH * self.budget)), MAX_FACTOR)
+            self.top_factor = max(self.top_factor, self.factor)
         elif self.share < AIM_LOW * self.budget:
             self.factor = max(self.factor / 1.25, 1.0)
         else:
