@@ -274,6 +274,7 @@ class Watchdog:
         self._notes: dict[str, str] = {}  # rank 0's notes, kept: they are wanted when the store may be gone
         self._stopped = threading.Event()
         self._fired = threading.Lock()
+        self._beating: threading.Thread | None = None
 
     def start(self) -> None:
         host, port = self.address.rsplit(":", 1)
@@ -291,7 +292,8 @@ class Watchdog:
         self._store.set(f"pid/{self.rank}", str(os.getpid()))
         self._store.set(f"addr/{self.rank}", _address_towards(host, int(port)))
         self._store.add(f"beat/{self.rank}", 1)
-        threading.Thread(target=self._beat, name="cbam-heartbeat", daemon=True).start()
+        self._beating = threading.Thread(target=self._beat, name="cbam-heartbeat", daemon=True)
+        self._beating.start()
         threading.Thread(target=self._judge_loop, name="cbam-watchdog", daemon=True).start()
 
     def stop(self) -> None:
@@ -309,6 +311,11 @@ class Watchdog:
         saying = threading.Thread(target=say, daemon=True)
         saying.start()
         saying.join(BEAT_S)
+        # A store call that returns while the interpreter shuts down aborts the process
+        # ("terminate called without an active exception", SIGABRT): the beats end first.
+        # A call held longer than a beat (a cut link) is not waited for.
+        if self._beating is not None:
+            self._beating.join(BEAT_S)
 
     # --- rank 0's marks and notes, for the others ------------------------------------
     def mark(self, step: str) -> None:

@@ -274,3 +274,51 @@ def test_the_watchdog_names_a_rank_that_joined_after_its_first_beat(monkeypatch)
     assert watchdog.pid_of(1) == 4242
     watchdog._contact = float("inf")  # the store answers; only the rank is judged
     assert watchdog._judge(0.0, "is gone: no heartbeat for", left_too=True).startswith("rank 1 (pid 4242 on node2")
+
+
+# A rank that leaves while its heartbeat thread waits in the store's C++ client (a loaded
+# machine makes that wait long): the call returns while the interpreter shuts down.
+_LEAVE_DURING_A_BEAT = """
+import time
+from datetime import timedelta
+
+import torch.distributed as dist
+
+from core.dist import Watchdog
+
+master = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+watchdog = Watchdog(0, 1, 60.0, "127.0.0.1", master.port)
+watchdog.start()
+slow = dist.TCPStore("127.0.0.1", master.port, is_master=False, wait_for_workers=False,
+                     timeout=timedelta(seconds=0.05))
+real = watchdog._store
+
+
+class Loaded:
+    # Each beat's first call spends half a second in the store client, in calls that time out.
+    def __getattr__(self, name):
+        return getattr(real, name)
+
+    def add(self, key, amount):
+        until = time.monotonic() + 0.5
+        while time.monotonic() < until:
+            try:
+                slow.get("never-set")
+            except Exception:
+                pass
+        return real.add(key, amount)
+
+
+watchdog._store = Loaded()
+time.sleep(1.1)  # the second beat has begun: its thread is in the store client
+watchdog.stop()
+"""
+
+
+def test_a_rank_that_leaves_mid_beat_exits_cleanly_not_with_an_abort(tmp_path: Path) -> None:
+    """A heartbeat's store call that returned during the interpreter's shutdown aborted the
+    rank ("terminate called without an active exception", exit -6) under a loaded machine's
+    timing; the watchdog's stop waits for the beat to end."""
+    done = subprocess.run([sys.executable, "-c", _LEAVE_DURING_A_BEAT], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "terminate called" not in done.stderr, (done.returncode, done.stderr[-2000:])
