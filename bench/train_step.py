@@ -180,8 +180,6 @@ def bare_epoch(config: RunConfig, stage: int) -> float:
 
 
 def overhead(args: argparse.Namespace, work: Path) -> int:
-    if args.batch_size is None:  # the dispatch-bound regime is small batches
-        args.batch_size = 8
     print(f"torch {torch.__version__}, device {args.device}; synthetic {args.image_size}x{args.image_size} images, "
           f"batch {args.batch_size}, {args.epoch_batches} batches an epoch, {args.repeats} repeats")
     # One untimed epoch first, of stage 3 (every layer's gradients): the process's first steps
@@ -247,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epoch-batches", type=int, default=120, help="with --overhead: batches in the timed epoch")
     args = parser.parse_args(argv)
     size = 32
-    if args.batch_size is None and not args.overhead:
-        args.batch_size = 64
+    if args.batch_size is None:  # the dispatch-bound regime (--overhead) is small batches
+        args.batch_size = 8 if args.overhead else 64
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.overhead:
