@@ -235,3 +235,45 @@ async def test_side_by_side_charts_keep_a_blank_column_at_each_end_of_their_head
             await pilot.pause()
             head = screen_rows(app, plot.region)[0]
             assert head[0] == " " and head[-1] == " ", (width, head)
+
+
+async def test_the_tree_built_while_hidden_is_shown_narrow_without_a_scroll_bar_for_its_old_columns(
+        tmp_path: Path) -> None:
+    """The tree is built while hidden, at no width, with the output-shape column; shown at
+    80 columns it drops that column. Its width follows at once: no horizontal scroll bar
+    (a blank row over the totals) for columns that are gone."""
+    app = make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(lambda: events(epochs=3))))
+    async with app.run_test(size=(80, 24)) as pilot:
+        while not (len(app.state.epochs) == 3 and app.settled):
+            await pilot.pause(0.05)
+        await pilot.press("2")
+        tree = app.screen.query_one("#tree-body")
+        while not (app.settled and tree.size.height):
+            await pilot.pause(0.05)
+        assert tree.virtual_size.width <= tree.size.width, (tree.virtual_size, tree.size)
+
+
+async def test_phrases_get_their_lines_at_the_width_they_are_laid_out_at() -> None:
+    """Text given before the widget has a width (a hidden view) is broken at its separators
+    when it is first laid out, and its height is those lines from the first frame."""
+    from rich.text import Text
+
+    from tui.widgets.text_panel import PhraseText
+
+    phrases = PhraseText(separator=" · ")
+
+    class Host(App[None]):
+        def compose(self) -> ComposeResult:
+            yield phrases
+
+    text = Text(" · ".join(f"phrase number {i} here" for i in range(6)))  # 6 phrases of 20 cells
+    phrases.show(text)  # not mounted yet: no width
+    async with Host().run_test(size=(50, 10)) as pilot:
+        await pilot.pause()
+        rows = [r.rstrip() for r in screen_rows(pilot.app, phrases.region)]
+        assert phrases.region.height == 3  # two phrases a line (20 + 3 + 20 cells)
+        assert rows == ["phrase number 0 here · phrase number 1 here", "phrase number 2 here · phrase number 3 here",
+                        "phrase number 4 here · phrase number 5 here"]
+        phrases.styles.width = 30  # narrower: one phrase a line, and the height follows
+        await pilot.pause()
+        assert phrases.region.height == 6

@@ -14,7 +14,7 @@ from textual.widgets.tree import TreeNode
 from core.events import LayerRow
 from core.state import RunState
 from tui.summary_view import row_label, shape_text
-from tui.widgets.text_panel import wrap_phrases
+from tui.widgets.text_panel import PhraseText
 
 SHAPE_W, PARAMS_W, TRAIN_W = 18, 12, 10
 GUTTER = 2  # the tree's vertical scroll bar
@@ -25,7 +25,7 @@ class ModelTree(Vertical):
     def compose(self) -> ComposeResult:
         yield Static(id="tree-head")
         yield LayerTree(id="tree-body")
-        yield Static(id="tree-totals")
+        yield PhraseText(separator=TOTALS_SEPARATOR, id="tree-totals")
 
     _state: RunState | None = None
 
@@ -44,8 +44,7 @@ class ModelTree(Vertical):
         tree.update_from(state)
         if tree.populated:
             self.query_one("#tree-head", Static).update(tree.header())
-            shown = self.query_one("#tree-totals", Static)
-            shown.update(wrap_phrases(totals(state), shown.content_region.width, separator=TOTALS_SEPARATOR))
+            self.query_one("#tree-totals", PhraseText).show(totals(state))
 
 
 def totals(state: RunState) -> Text:
@@ -89,6 +88,7 @@ class LayerTree(Tree[LayerRow]):
         stage = state.stage
         needed = self.name_width + SHAPE_W + PARAMS_W + 2 + len("Partial") + GUTTER
         fits = self.size.width <= 0 or needed <= self.size.width
+        relabelled = False
         if (SHAPE_W if fits else 0) != self.shape_width:
             self.shape_width = SHAPE_W if fits else 0
             self._shown_stage = None  # every row again, in the new columns
@@ -96,11 +96,16 @@ class LayerTree(Tree[LayerRow]):
                 self.root.set_label(self._row_text(rows[0], None, 0))
                 for node, i in self._row_nodes:
                     node.set_label(self._row_text(rows[i], None, i))
+            relabelled = True
         if stage is not None and self._shown_stage is not stage and len(stage.row_trainable) == len(rows):
             self._shown_stage = stage
             self.root.set_label(self._row_text(rows[0], stage.row_trainable[0], 0))
             for node, i in self._row_nodes:
                 node.set_label(self._row_text(rows[i], stage.row_trainable[i], i))
+        if relabelled:
+            # A label repaints its line but leaves the tree's width as the old columns made it
+            # (a scroll bar for columns that are gone): measure the lines again.
+            self._invalidate()
 
     def _populate(self, rows: list[LayerRow]) -> None:
         self.populated = True

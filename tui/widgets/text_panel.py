@@ -8,6 +8,7 @@ import itertools
 
 from rich.cells import cell_len
 from rich.text import Text
+from textual.geometry import Size
 from textual.widgets import Static
 
 
@@ -38,6 +39,33 @@ class TextPanel(Static):
                 chosen = variant
                 break
         self.show(chosen)
+
+
+class PhraseText(Static):
+    """A Text broken only at its separators (`wrap_phrases`) at the width the widget is laid
+    out at, not the width it had when the text came: its first frame after being shown or
+    resized already has its lines and its height."""
+
+    def __init__(self, separator: str = " · ", indent: int = 0, **kwargs: object) -> None:
+        super().__init__("", **kwargs)  # type: ignore[arg-type]
+        self.separator, self.indent = separator, indent
+        self._text = Text("")
+
+    def show(self, text: Text) -> None:
+        if (text.plain, text.markup) != (self._text.plain, self._text.markup):
+            self._text = text
+            self.refresh(layout=True)
+
+    def _wrapped(self, width: int) -> Text:
+        return wrap_phrases(self._text, width, self.indent, self.separator)
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        if not width or not self._text.plain:
+            return 0
+        return sum(max(1, -(-cell_len(line) // width)) for line in self._wrapped(width).plain.split("\n"))
+
+    def render(self) -> Text:
+        return self._wrapped(self.content_size.width)
 
 
 def wrap_phrases(text: Text, width: int, indent: int = 0, separator: str = " · ") -> Text:
