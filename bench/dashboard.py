@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -128,8 +129,12 @@ def dashboard(run_dir: Path, leg: list[str], size: tuple[int, int] = (120, 40), 
         spy = subprocess.Popen(["py-spy", "record", "--gil", "--threads", "--nonblocking", "--rate", "100",
                                 "--duration", str(int(py_spy)), "--format", "raw", "-o", str(raw), "--pid", pid],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spied_from = time.monotonic()
     while '"run_finished"' not in log.read_text():
         time.sleep(0.5)
+    if spy is not None:  # the run's end ends the window: the dashboard's own shutdown is not its cost
+        spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled and stops
+        py_spy = min(py_spy, time.monotonic() - spied_from)
     tmux("send-keys", "-t", pane, "q")
     while not done.exists():
         time.sleep(0.2)
@@ -139,6 +144,7 @@ def dashboard(run_dir: Path, leg: list[str], size: tuple[int, int] = (120, 40), 
     if spy is not None:
         spy.wait()
         out["gil"] = gil_shares(run_dir.parent / f"{run_dir.name}.gil", py_spy)
+        out["spied_s"] = py_spy
     return out
 
 
@@ -152,7 +158,28 @@ def gil_shares(raw: Path, seconds: float) -> dict[str, float]:
     return {k: v / (100 * seconds) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
 
 
-def pairs(tmp: Path, name: str, leg: list[str], n: int, py_spy: float) -> None:
+TRUNK = 0.9  # frames in more of a thread's samples than this are its trunk (the app's main loop)
+
+
+def hotspots(raw: Path, thread: str, top: int = 12) -> list[tuple[float, str]]:
+    """The frames ``thread`` spent its GIL samples in (inclusive), as shares of its samples:
+    the project's own, Textual's, Rich's and plotext's functions below the trunk, busiest first."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        if frames[0].split(": ", 1)[-1].rstrip(")") != thread:
+            continue
+        total += int(n)
+        for frame in set(frames[1:]):
+            if any(f"{part}/" in frame for part in ("tui", "core", "textual", "rich", "plotext")):
+                counts[frame] = counts.get(frame, 0) + int(n)
+    shares = sorted(((v / max(total, 1), k) for k, v in counts.items()), reverse=True)
+    return [(share, frame) for share, frame in shares if share < TRUNK][:top]
+
+
+def pairs(tmp: Path, name: str, leg: list[str], n: int, py_spy: float, profiles: Path | None = None) -> None:
     rows = []
     for r in range(n):
         order = ("headless", "dashboard") if r % 2 == 0 else ("dashboard", "headless")
@@ -180,9 +207,17 @@ def pairs(tmp: Path, name: str, leg: list[str], n: int, py_spy: float) -> None:
           f"of the wall time", flush=True)
     if py_spy:  # a run of its own, outside the pairs: a sampler costs something even when it does not stop it
         d = dashboard(tmp / f"{name}-py-spy", leg, py_spy=py_spy)
-        print(f"{name}, py-spy --gil over {py_spy:.0f} s of stage 2: GIL held by "
+        print(f"{name}, py-spy --gil over {d['spied_s']:.0f} s from stage 2's start: GIL held by "
               f"{', '.join(f'{k} {100 * v:.1f}%' for k, v in d['gil'].items())} of the wall time; the app's own "
               f"measure of the UI thread {100 * d['ui_share']:.2f}%", flush=True)
+        raw = tmp / f"{name}-py-spy.gil"
+        spots = hotspots(raw, "MainThread", top=100)
+        own = [(share, frame) for share, frame in spots if "(tui/" in frame or "(core/" in frame]
+        for share, frame in spots[:10] + [x for x in own[:8] if x not in spots[:10]]:
+            print(f"  UI thread {100 * share:5.1f}% of its samples in {frame}", flush=True)
+        if profiles is not None:
+            profiles.mkdir(parents=True, exist_ok=True)
+            shutil.copy(raw, profiles / raw.name)
 
 
 def noise_floor(tmp: Path, name: str, leg: list[str], n: int) -> None:
@@ -336,6 +371,10 @@ def main() -> None:
     parser.add_argument("--only", choices=("pairs", "sizes", "build", "keys", "attached"), action="append")
     parser.add_argument("--noise", type=int, default=0, metavar="N",
                         help="first, N pairs of headless against headless on each leg: the machine's own spread")
+    parser.add_argument("--py-spy-s", type=float, default=15.0, metavar="S",
+                        help="with --py-spy: seconds sampled from stage 2's start (the run's end ends them sooner)")
+    parser.add_argument("--profiles", type=Path, metavar="DIR",
+                        help="with --py-spy: keep py-spy's raw samples (one file per leg) in DIR")
     args = parser.parse_args()
     if shutil.which("tmux") is None:
         sys.exit("bench/dashboard.py needs tmux")
@@ -353,7 +392,7 @@ def main() -> None:
             for name in args.legs.split(","):
                 if args.noise:
                     noise_floor(tmp, name, LEGS[name], args.noise)
-                pairs(tmp, name, LEGS[name], args.pairs, 15.0 if args.py_spy else 0.0)
+                pairs(tmp, name, LEGS[name], args.pairs, args.py_spy_s if args.py_spy else 0.0, args.profiles)
         if "sizes" in only:
             shares_at_sizes(tmp)
         if "build" in only:
