@@ -44,7 +44,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CBAM_TUI = str(Path(sys.executable).with_name("cbam-tui"))
+# The cbam-tui measured: this environment's, or CBAM_TUI_BIN's (another checkout's, to compare two versions).
+CBAM_TUI = os.environ.get("CBAM_TUI_BIN") or str(Path(sys.executable).with_name("cbam-tui"))
 LEGS = {
     "dispatch": ["--image-size", "8", "--batch-size", "8", "--limit-train", "2400", "--limit-test", "32",
                  "--stage-epochs", "1,1,1", "--log-every", "5"],
@@ -54,6 +55,9 @@ LEGS = {
     # (each a change of state, drawn at once), which no real run is like.
     "standard-short": ["--image-size", "16", "--batch-size", "32", "--limit-train", "640", "--limit-test", "64",
                        "--stage-epochs", "1,1,1", "--log-every", "5"],
+    # Epochs of about a second, as a GPU's are: an epoch's end (a change of state) every second.
+    "short-epochs": ["--image-size", "8", "--batch-size", "8", "--limit-train", "192", "--limit-test", "32",
+                     "--stage-epochs", "4,4,4", "--log-every", "5"],
     # On a GPU (bench/gpu_check.sh): 32x32, the default plan's shape, every step dispatch-bound;
     # 300 and 60 batches an epoch, epochs of a few seconds.
     "gpu64": ["--device", "cuda", "--image-size", "32", "--batch-size", "64", "--limit-train", "19200",

@@ -30,6 +30,7 @@ from tui.budget import AIM_HIGH, AIM_LOW, HIGH_FACTOR, MAX_FACTOR, STALEST_S, WI
 from tui.intake import Intake, urgent
 from tui.links import InProcessLink
 from tui.widgets.curves import EpochCurve, bucket_means, envelope
+from tui.widgets.loss_log import LossLog
 
 
 class FakeTime:
@@ -178,16 +179,20 @@ def test_which_events_are_urgent() -> None:
 @pytest.mark.real_idle
 async def test_an_epochs_end_reaches_the_charts_at_once_however_far_over_its_budget_the_dashboard_is(
         tmp_path: Path) -> None:
-    script = list(events(epochs=3, batches=200, log_every=50))
+    """At once, unless the charts drew within their base period: epochs of a second (a GPU's)
+    then wait for the budget like any redraw, while the epoch's line shows at once."""
+    script = list(events(epochs=4, batches=200, log_every=50))
     ends = [i for i, e in enumerate(script) if isinstance(e, EpochEnded)]
-    gates = threading.Event(), threading.Event()
+    gates = threading.Event(), threading.Event(), threading.Event()
 
     def held() -> Iterator[Event]:
         yield from script[: ends[0] + 1]
         gates[0].wait(30)
         yield from script[ends[0] + 1: ends[1] + 1]  # the second epoch, streamed in, and its end
-        gates[1].wait(30)  # then the run trains on quietly
-        yield from script[ends[1] + 1:]
+        gates[1].wait(30)
+        yield from script[ends[1] + 1: ends[2] + 1]  # the third, right after
+        gates[2].wait(30)  # then the run trains on quietly
+        yield from script[ends[2] + 1:]
 
     app = make_app(InProcessLink(tiny_config(tmp_path), trainer=ScriptedTrainer(held)))
     async with app.run_test(size=(120, 40)) as pilot:
@@ -196,12 +201,19 @@ async def test_an_epochs_end_reaches_the_charts_at_once_however_far_over_its_bud
         built = acc.builds
         budget.factor = MAX_FACTOR  # as far over its budget as it gets
         budget._adapted_at = budget.clock() + 60  # and it stays there for the test
-        for name in budget.cadences:
-            budget.drawn(name)
+        for cadence in budget.cadences.values():
+            cadence.drawn_at = budget.clock() - cadence.base_s  # drawn a base period ago: not due for long
         gates[0].set()
         await until(pilot, lambda: len(app.state.epochs) == 2, timeout=10)
         # Within a second, while the budget still holds (it rests once no progress came for IDLE_S):
         await until(pilot, lambda: acc.builds > built, timeout=1.0)
         assert budget.active and budget.factor == MAX_FACTOR
+        built, log = acc.builds, app.query_one("#log", LossLog)
+        lines = len(log.plain_lines)
         gates[1].set()
+        await until(pilot, lambda: len(app.state.epochs) == 3, timeout=10)
+        await until(pilot, lambda: len(log.plain_lines) > lines, timeout=1.0)  # the epoch's line shows at once
+        await pilot.pause(0.8)
+        assert budget.active and acc.builds == built  # the charts drew under a second ago: they wait
+        gates[2].set()
         await pilot.press("q", "y")

@@ -139,6 +139,11 @@ class RenderBudget:
             return True
         return self.clock() - cadence.drawn_at >= self.period(panel)
 
+    def rested(self, panel: str) -> bool:
+        """Whether ``panel`` last drew at least its base period ago."""
+        cadence = self.cadences[panel]
+        return self.clock() - cadence.drawn_at >= cadence.base_s
+
     def drawn(self, panel: str) -> None:
         self.cadences[panel].drawn_at = self.clock()
 

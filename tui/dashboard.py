@@ -81,7 +81,7 @@ class Panel:
     key: Callable[[], object]
     draw: Callable[[], None]
     fast: bool = False  # shows a change of state at once
-    epochly: bool = False  # shows an epoch's end (or a stage's start) at once: at most once an epoch
+    epochly: bool = False  # shows a stage's start at once, and an epoch's end unless it drew within its base period
     drawn: object = None
 
 
@@ -186,12 +186,14 @@ class DashboardScreen(RunScreen):
         app, state = self.run_app, self.run_app.state
         now = time.monotonic()
         fresh = False  # a change of state: shown at once
-        turned = False  # an epoch ended or a stage began: the charts show it at once
+        turned = False  # an epoch ended: the charts show it at once, unless they drew a moment ago
+        staged = False  # a stage began: the charts show it at once
         for event in events:
             self._lines.extend(log_lines(event))
             if urgent(event):
                 fresh = True
-                turned = turned or isinstance(event, (EpochEnded, StageStarted))
+                turned = turned or isinstance(event, EpochEnded)
+                staged = staged or isinstance(event, StageStarted)
             elif not isinstance(event, SystemSample):
                 self._streamed_at = now  # the run is making progress
         if not self._panels:
@@ -206,16 +208,20 @@ class DashboardScreen(RunScreen):
         training = state.status in (Status.RUNNING, Status.EVALUATING) and now - self._streamed_at < IDLE_S
         app.budget.set_active(training and app.live)
         app.budget.observe()
-        self._redraw(fresh, turned)
+        self._redraw(fresh, turned, staged)
 
-    def _redraw(self, fresh: bool = False, turned: bool = False) -> None:
+    def _redraw(self, fresh: bool = False, turned: bool = False, staged: bool = False) -> None:
+        """``turned``: an epoch ended. Where epochs take seconds (a GPU), an epoch's end comes
+        more often than the charts' base period, and drawing them at every one cost the UI
+        thread twice its budget: then they wait until due, like any panel."""
         budget, view = self.run_app.budget, self._view
         budget.budget = share_for(view == View.CURVES, self._crowded())
         for panel in self._panels.get(view, ()):
             key = panel.key()
             if key == panel.drawn:
                 continue
-            if (fresh and panel.fast) or (turned and panel.epochly) or budget.due(panel.name):
+            epochly = panel.epochly and (staged or (turned and budget.rested(panel.name)))
+            if (fresh and panel.fast) or epochly or budget.due(panel.name):
                 panel.draw()
                 panel.drawn = key
                 budget.drawn(panel.name)
