@@ -64,6 +64,9 @@ LEGS = {
               "--limit-test", "1000", "--stage-epochs", "1,1,1", "--log-every", "100"],
     "gpu512": ["--device", "cuda", "--image-size", "32", "--batch-size", "512", "--limit-train", "30720",
                "--limit-test", "1000", "--stage-epochs", "2,2,2", "--log-every", "10"],
+    # The same with 6 epochs a stage: stages 2 and 3 long enough for --py-spy to sample.
+    "gpu512-long": ["--device", "cuda", "--image-size", "32", "--batch-size", "512", "--limit-train", "30720",
+                    "--limit-test", "1000", "--stage-epochs", "6,6,6", "--log-every", "10"],
 }
 
 
