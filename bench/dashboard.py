@@ -8,7 +8,9 @@ dashboard first in even ones), medians of the pairs:
   where the training thread needs Python for most of it, as on a GPU;
 - standard: 16x16 images, batch 32 (the earlier benchmark's run), 100 batches
   an epoch; standard-short: the same with 20 batches an epoch;
-- gpu64, gpu512: 32x32 images on CUDA, batch 64 and 512 (bench/gpu_check.sh).
+- short-epochs: the dispatch step with epochs of about a second (a GPU's);
+- gpu64, gpu512: 32x32 images on CUDA, batch 64 and 512 (bench/gpu_check.sh);
+  gpu512-long: 6 epochs a stage, long enough for --py-spy.
 
 Throughput is training images per second of training time, from the runs' own
 events.jsonl. The dashboard's runs report the UI thread's CPU time while the run
@@ -23,7 +25,10 @@ the run directory.
 
 Run from the repository root (needs tmux):
 
-    python bench/dashboard.py [--pairs 3] [--legs dispatch,standard] [--noise 3] [--py-spy]
+    python bench/dashboard.py [--pairs 3] [--legs dispatch,standard] [--noise 3] [--py-spy [--py-spy-s 15]
+                              [--profiles DIR]]
+
+CBAM_TUI_BIN=PATH measures another cbam-tui (another checkout's) with the same legs.
 """
 
 from __future__ import annotations
