@@ -211,9 +211,10 @@ class DashboardScreen(RunScreen):
         self._redraw(fresh, turned, staged)
 
     def _redraw(self, fresh: bool = False, turned: bool = False, staged: bool = False) -> None:
-        """``turned``: an epoch ended. Where epochs take seconds (a GPU), an epoch's end comes
-        more often than the charts' base period, and drawing them at every one cost the UI
-        thread twice its budget: then they wait until due, like any panel."""
+        """``turned``: an epoch ended. Where epochs take a second (a GPU's), an epoch's end
+        comes more often than the charts' base period; drawing them at every one kept the UI
+        thread at 2.8% of the wall time against 2.0% this way (bench/README.md,
+        short-epochs): then they wait until due, like any panel."""
         budget, view = self.run_app.budget, self._view
         budget.budget = share_for(view == View.CURVES, self._crowded())
         for panel in self._panels.get(view, ()):

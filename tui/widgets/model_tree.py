@@ -104,7 +104,8 @@ class LayerTree(Tree[LayerRow]):
                 node.set_label(self._row_text(rows[i], stage.row_trainable[i], i))
         if relabelled:
             # A label repaints its line but leaves the tree's width as the old columns made it
-            # (a scroll bar for columns that are gone): measure the lines again.
+            # (a scroll bar for columns that are gone): measure the lines again (Tree's own
+            # invalidation, as expanding a node does; no public call re-measures).
             self._invalidate()
 
     def _populate(self, rows: list[LayerRow]) -> None:
