@@ -29,7 +29,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -39,6 +39,7 @@ import torch.distributed as dist
 
 from core.control import Control
 from core.errors import ConfigError
+from core.jobenv import from_slurm
 from core.vocab import STALLED, Command, Exit, StopReason
 
 SYNC_EVERY_S = 0.2
@@ -49,24 +50,6 @@ BEAT_S = 1.0  # heartbeat period
 GONE_S = 2.5  # after a collective broke: a rank with no heartbeat over this span is the one that went
 STORE_OP_S = 10.0  # the store client's own timeout (a cut link may still hold a call longer: see Watchdog)
 SAY_S = 15.0  # for the line, the run directory's failure and the launcher's error file, before the exit
-
-
-def in_job(env: Mapping[str, str] | None = None) -> bool:
-    """Whether torchrun (RANK) or srun (several SLURM tasks and a MASTER_ADDR) started this
-    process as one of several."""
-    env = os.environ if env is None else env
-    return "RANK" in env or (int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "MASTER_ADDR" in env)
-
-
-def from_slurm(env: dict[str, str] | os._Environ[str]) -> None:
-    """Under srun (and not torchrun), the variables torch.distributed reads, from SLURM's:
-    SLURM_PROCID -> RANK, SLURM_NTASKS -> WORLD_SIZE, SLURM_LOCALID -> LOCAL_RANK; the
-    port defaults to 29500 (MASTER_ADDR is the script's to set)."""
-    if "RANK" in env or not in_job(env):
-        return
-    env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
-    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
-    env.setdefault("MASTER_PORT", "29500")
 
 
 @dataclass

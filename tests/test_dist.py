@@ -239,7 +239,7 @@ def test_a_group_shards_like_tensor_split_and_sums_over_its_ranks(solo_group: An
 
 
 def test_srun_tasks_become_ranks_and_torchrun_ranks_are_left_alone() -> None:
-    from core.dist import from_slurm
+    from core.jobenv import from_slurm
 
     env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "MASTER_ADDR": "node01"}
     from_slurm(env)

@@ -107,7 +107,7 @@ def run(
         config, home = resume_config(values, given)
     else:
         config, home = new_config(values, given, from_defaults), None
-    from core.dist import in_job
+    from core.jobenv import in_job
     from tui import launch
 
     if in_job():
