@@ -12,6 +12,11 @@ from textual.geometry import Size
 from textual.widgets import Static
 
 
+def rows_at(text: Text, width: int) -> int:
+    """The lines ``text`` takes at ``width`` cells (> 0), its own line breaks and wrapping."""
+    return sum(max(1, -(-cell_len(line) // width)) for line in text.plain.split("\n"))
+
+
 class TextPanel(Static):
     def __init__(self, content: str | Text = "", **kwargs: object) -> None:
         super().__init__(content, **kwargs)  # type: ignore[arg-type]
@@ -25,7 +30,7 @@ class TextPanel(Static):
             return
         self._shown = key
         width = self.content_region.width
-        rows = sum(max(1, -(-cell_len(line) // width)) for line in text.plain.split("\n")) if width > 0 else -1
+        rows = rows_at(text, width) if width > 0 else -1
         self.update(text, layout=rows != self._rows or rows < 0)
         self._rows = rows
 
@@ -62,7 +67,7 @@ class PhraseText(Static):
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         if not width or not self._text.plain:
             return 0
-        return sum(max(1, -(-cell_len(line) // width)) for line in self._wrapped(width).plain.split("\n"))
+        return rows_at(self._wrapped(width), width)
 
     def render(self) -> Text:
         return self._wrapped(self.content_size.width)
