@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -155,18 +156,25 @@ def dashboard(run_dir: Path, leg: list[str], size: tuple[int, int] = (120, 40), 
     out = {**throughput(run_dir), "ui_share": ui["ui_cpu_s"] / max(ui["wall_s"], 1e-9), "top_factor": ui["top_factor"]}
     if spy is not None:
         spy.wait()
-        out["gil"] = gil_shares(run_dir.parent / f"{run_dir.name}.gil", py_spy)
+        out["gil_raw"] = raw
+        out["gil"] = gil_shares(raw, py_spy)
         out["spied_s"] = py_spy
     return out
+
+
+def samples(raw: Path) -> Iterator[tuple[str, list[str], int]]:
+    """py-spy's raw output (``--threads``): each stack's thread name, its frames, its sample count."""
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        thread, *frames = stack.split(";")
+        yield thread.split(": ", 1)[-1].rstrip(")"), frames, int(n)
 
 
 def gil_shares(raw: Path, seconds: float) -> dict[str, float]:
     """py-spy's --gil samples per thread, as a share of the wall time (100 samples a second)."""
     counts: dict[str, int] = {}
-    for line in raw.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        thread = stack.split(";")[0].split(": ", 1)[-1].rstrip(")")
-        counts[thread] = counts.get(thread, 0) + int(n)
+    for thread, _, n in samples(raw):
+        counts[thread] = counts.get(thread, 0) + n
     return {k: v / (100 * seconds) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
 
 
@@ -178,15 +186,13 @@ def hotspots(raw: Path, thread: str, top: int = 12) -> list[tuple[float, str]]:
     the project's own, Textual's, Rich's and plotext's functions below the trunk, busiest first."""
     counts: dict[str, int] = {}
     total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        frames = stack.split(";")
-        if frames[0].split(": ", 1)[-1].rstrip(")") != thread:
+    for name, frames, n in samples(raw):
+        if name != thread:
             continue
-        total += int(n)
-        for frame in set(frames[1:]):
+        total += n
+        for frame in set(frames):
             if any(f"{part}/" in frame for part in ("tui", "core", "textual", "rich", "plotext")):
-                counts[frame] = counts.get(frame, 0) + int(n)
+                counts[frame] = counts.get(frame, 0) + n
     shares = sorted(((v / max(total, 1), k) for k, v in counts.items()), reverse=True)
     return [(share, frame) for share, frame in shares if share < TRUNK][:top]
 
@@ -222,7 +228,7 @@ def pairs(tmp: Path, name: str, leg: list[str], n: int, py_spy: float, profiles:
         print(f"{name}, py-spy --gil over {d['spied_s']:.0f} s from stage 2's start: GIL held by "
               f"{', '.join(f'{k} {100 * v:.1f}%' for k, v in d['gil'].items())} of the wall time; the app's own "
               f"measure of the UI thread {100 * d['ui_share']:.2f}%", flush=True)
-        raw = tmp / f"{name}-py-spy.gil"
+        raw = d["gil_raw"]
         spots = hotspots(raw, "MainThread", top=100)
         own = [(share, frame) for share, frame in spots if "(tui/" in frame or "(core/" in frame]
         for share, frame in spots[:10] + [x for x in own[:8] if x not in spots[:10]]:
