@@ -387,10 +387,14 @@ def test_a_trainer_obeys_commands_from_other_processes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     config = tiny_config(tmp_path, limit_train=160, run_dir=str(run))
     sent: list[str] = []
+    senders: list[threading.Thread] = []
+    taken: list[bool] = []
 
     def react(e) -> None:
         def later(verb: str) -> None:
-            threading.Thread(target=lambda: wait_taken(run, send(run, Command(verb), "ctl"), 10)).start()
+            sender = threading.Thread(target=lambda: taken.append(wait_taken(run, send(run, Command(verb), "ctl"), 10)))
+            senders.append(sender)
+            sender.start()
 
         if isinstance(e, BatchLogged) and e.global_step == 2 and not sent:
             sent.append("pause")
@@ -402,7 +406,10 @@ def test_a_trainer_obeys_commands_from_other_processes(tmp_path: Path) -> None:
             later("stop")
 
     outcome, rec = train(config, react)
+    for sender in senders:  # each waits until its command is claimed: done before the directory goes
+        sender.join(15)
     assert outcome == StopReason.COMMAND and outcome.exit_code == 0
+    assert taken == [True] * 4
     verbs = [e.verb for e in rec.of(CommandTaken)]
     assert verbs[0] == "pause" and set(verbs[1:3]) == {"next", "resume"} and verbs[3] == "stop"
     assert next(e for e in rec.of(EpochEnded) if e.stage == 1).batches_done < 20  # "next" cut it short
