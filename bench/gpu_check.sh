@@ -34,10 +34,10 @@ while [ $# -gt 0 ]; do
 done
 PY=${PYTHON:-python}
 want() { [ -z "$ONLY" ] || [[ "$ONLY" == *",$1,"* ]]; }
-DEVICE=$($PY -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
-
 echo "== machine"
-$PY - <<'PY'
+# One interpreter for what the machine is, and (its last line) the device the checks use and
+# how many GPUs check 5 starts processes on: each import of torch is seconds of the lease.
+MACHINE=$($PY - <<'PY'
 import platform, torch
 print(f"python {platform.python_version()}, torch {torch.__version__}, cuda {torch.version.cuda}")
 if torch.cuda.is_available():
@@ -45,7 +45,11 @@ if torch.cuda.is_available():
     print(f"{p.name}, {p.total_memory / 2**30:.0f} GiB, bf16 {torch.cuda.is_bf16_supported()}")
 else:
     print("no CUDA device: the numbers below are CPU numbers")
+print("cuda" if torch.cuda.is_available() else "cpu", max(1, torch.cuda.device_count()))
 PY
+)
+read -r DEVICE NPROC <<< "${MACHINE##*$'\n'}"
+echo "${MACHINE%$'\n'*}"
 
 # Real JPEGs when they are at hand; otherwise the step table makes its own.
 if [ -z "$DATA" ] && [ -d ../shared/data/cifar10-jpeg/train ]; then DATA=../shared/data/cifar10-jpeg; fi
@@ -72,7 +76,6 @@ echo "== 5. one process against --nproc-per-node (every GPU present, NCCL), one 
 if [ -n "$DRY" ]; then
     $PY bench/ddp.py --dry-run --device "$DEVICE"
 else
-    NPROC=$($PY -c "import torch; print(max(1, torch.cuda.device_count()))")
     DDP_DATA=(--limit 20000)
     if [ -n "$DATA" ]; then DDP_DATA+=(--data "$DATA"); fi
     $PY bench/ddp.py "${DDP_DATA[@]}" --device cuda --nproc "$NPROC" --batch-size 256 --repeats 1

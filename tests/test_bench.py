@@ -26,6 +26,8 @@ def test_the_gpu_check_runs_end_to_end_in_its_dry_mode() -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for heading in ("== 1a.", "== 2.", "== 3.", "== 4.", "== 5.", "== 6.", "== done"):
         assert heading in out
+    # What the machine is, from the one interpreter that also picks the device (kept off the screen).
+    assert re.search(r"^== machine\npython [\d.]+, torch \S+, cuda \S+\nno CUDA device: .*\n== 1a\.", out, re.M), out
     rows = {name: re.search(rf"^{name}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", out, re.M) for name in
             ("seed loop", "cbam-tui default", "cbam-tui fp32")}
     assert all(rows.values()), out  # every contender measured in every stage
