@@ -5,6 +5,7 @@ start, the run refuses in one sentence before it is a run at all."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -34,17 +35,19 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def fill(disk: Path, leave: int = 0) -> Path:
-    """Fill the file system but ``leave`` bytes."""
+    """Fill the file system but ``leave`` bytes. Unbuffered: when another thread of the run
+    (its system monitor) takes a page meanwhile, the disk is full one write early, and no
+    bytes are left in a buffer for the close to fail on."""
     st = os.statvfs(disk)
     filler = disk / "filler"
-    with filler.open("wb") as f:
+    with filler.open("wb", buffering=0) as f:
         left = st.f_bavail * st.f_frsize - leave
         try:
             while left > 0:
                 left -= f.write(b"\0" * min(left, 1 << 20))
-                f.flush()
-        except OSError:
-            pass
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
     return filler
 
 
