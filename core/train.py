@@ -86,7 +86,12 @@ def settled_heap() -> Iterator[None]:
     mid-run under the dashboard, every thread stalled (bench/README.md). Frozen, a full
     collection walks only what training made since. Garbage is collected first, so
     nothing unreachable is kept; the freeze ends with the loop, for a process that goes
-    on to other work."""
+    on to other work. A process that froze its heap itself has chosen what the collector
+    walks: the loop leaves that alone (unfreezing at its end would undo the process's own
+    freeze)."""
+    if gc.get_freeze_count():
+        yield
+        return
     gc.collect()
     gc.freeze()
     try:

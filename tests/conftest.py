@@ -6,7 +6,7 @@ import pickle
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ def pytest_configure(config: pytest.Config) -> None:
     (the files, their contents) is the same.
     ``tmp_path_retention_policy = "failed"`` keeps only failed tests' directories there."""
     _temp_in_memory()
+    if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):  # runs tests: not xdist's controller
+        _settle_the_shared_heap()
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         import torch
@@ -59,6 +61,45 @@ def quick_rest(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     not wait three seconds for it. ``@pytest.mark.real_idle`` keeps the three seconds."""
     if request.node.get_closest_marker("real_idle") is None:
         monkeypatch.setattr("tui.dashboard.IDLE_S", 0.2)
+
+
+# Modules that keep the sys.stdout of the moment they are imported (a global, a default
+# argument). Imported lazily under a running app (a trainer's first run, a run's curves.png),
+# they would keep Textual's print capture and, through it, that app with all its widgets,
+# for the rest of the process.
+STDOUT_KEEPERS = ("torchvision", "psutil", "matplotlib.pyplot")  # torch._dynamo's sympy; matplotlib's pyparsing
+
+
+def _settle_the_shared_heap() -> None:
+    """What every test shares (torch, torchvision, textual and the rest, over 400,000
+    objects) imported now and frozen out of the collector's reach. Every full collection
+    walked all of it, and each trainer starts with one: on machine E the two workers' full
+    collections took 73 s of a 7.5-minute suite; frozen, 20 s. A trainer leaves a process's
+    own freeze alone (core/train.py `settled_heap`)."""
+    import gc
+    import importlib
+
+    for name in STDOUT_KEEPERS:
+        if importlib.util.find_spec(name.partition(".")[0]) is not None:
+            importlib.import_module(name)
+    import tui.app  # noqa: F401  (textual, rich, plotext: the dashboard's own imports)
+
+    gc.collect()
+    gc.freeze()
+
+
+@pytest.fixture(autouse=True)
+def _textual_caches_released() -> Iterator[None]:
+    """After a test, Textual's per-instance method cache (`StylesCache.get_inner_outer`, an
+    lru_cache keyed on the instance) lets go of the test's widget caches and their rendered
+    strips: held, up to 1,024 of them are some 380,000 objects for every collection to walk."""
+    yield
+    if "textual._styles_cache" in sys.modules:
+        from textual._styles_cache import StylesCache
+
+        clear = getattr(StylesCache.get_inner_outer, "cache_clear", None)
+        if clear is not None:
+            clear()
 
 
 MEMORY_TEMP = Path("/dev/shm")

@@ -7,7 +7,7 @@ import gc
 import json
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -97,20 +97,53 @@ def test_pause_stops_training_until_resume(tmp_path: Path) -> None:
     assert rec.of(Paused)[0].batch == 2 and rec.of(Resumed)[0].batch == 2
 
 
-def test_what_was_built_before_training_is_kept_from_the_collector_while_it_trains(tmp_path: Path) -> None:
-    built_before = [object() for _ in range(3)]  # alive when training starts, as the model and a dashboard are
-    frozen_while_training: list[int] = []
+@pytest.fixture
+def unfrozen_heap() -> Iterator[None]:
+    """The heap as a process that never froze it has it (the test process froze what its
+    tests share: tests/conftest.py); frozen again afterwards."""
+    gc.unfreeze()
+    try:
+        yield
+    finally:
+        gc.freeze()
+
+
+def freeze_counts_while_training(tmp_path: Path) -> list[int]:
+    counts: list[int] = []
 
     def react(e) -> None:
         if isinstance(e, BatchLogged):
-            frozen_while_training.append(gc.get_freeze_count())
+            counts.append(gc.get_freeze_count())
 
-    assert gc.get_freeze_count() == 0
     outcome, _ = train(tiny_config(tmp_path), react)
-    assert outcome == FINISHED and built_before
+    assert outcome == FINISHED and counts
+    return counts
+
+
+def test_what_was_built_before_training_is_kept_from_the_collector_while_it_trains(
+    tmp_path: Path, unfrozen_heap: None
+) -> None:
+    built_before = [object() for _ in range(3)]  # alive when training starts, as the model and a dashboard are
+    assert gc.get_freeze_count() == 0
+    frozen_while_training = freeze_counts_while_training(tmp_path)
+    assert built_before
     # Frozen: a full collection mid-run walks only what training made (bench/README.md).
-    assert frozen_while_training and min(frozen_while_training) > 1000
+    assert min(frozen_while_training) > 1000
     assert gc.get_freeze_count() == 0  # and released with the loop, for whatever the process does next
+
+
+def test_a_process_that_froze_its_heap_itself_keeps_its_freeze_through_a_run(
+    tmp_path: Path, unfrozen_heap: None
+) -> None:
+    mine = [object() for _ in range(3)]
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()  # frozen objects that die leave it: it may only shrink
+        counts = freeze_counts_while_training(tmp_path)
+        assert before - 5000 < min(counts) and max(counts) <= before  # neither undone nor widened mid-run
+        assert before - 5000 < gc.get_freeze_count() <= before and mine  # nor at its end
+    finally:
+        gc.unfreeze()
 
 
 def test_next_stage_ends_the_epoch_early_and_on_the_last_stage_ends_the_run(tmp_path: Path) -> None:
