@@ -67,7 +67,7 @@ def quick_rest(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
 # argument). Imported lazily under a running app (a trainer's first run, a run's curves.png),
 # they would keep Textual's print capture and, through it, that app with all its widgets,
 # for the rest of the process.
-STDOUT_KEEPERS = ("torchvision", "psutil", "matplotlib.pyplot")  # torch._dynamo's sympy; matplotlib's pyparsing
+STDOUT_KEEPERS = ("torchvision", "psutil", "matplotlib.figure")  # torch._dynamo's sympy; matplotlib's pyparsing
 
 
 def _settle_the_shared_heap() -> None:
