@@ -197,10 +197,12 @@ def read(path: Path) -> Saved:
                                                        weights_only=True)), path)
 
 
-def read_config(path: Path) -> RunConfig:
+def read_config(path: Path, where: str | None = None) -> RunConfig:
     """The run configuration a checkpoint holds, its digest matched, without reading its
     weights into memory: the file is mapped, so the digest reads its pages where they lie
-    (the run loads the weights once, later, and checks them again then)."""
+    (the run loads the weights once, later, and checks them again then). With ``where``
+    (what the user named), a run that has finished every stage is refused, as `read` then
+    `check_unfinished` would: before a detached child or a launcher's ranks touch it."""
     import torch
 
     try:
@@ -222,9 +224,19 @@ def read_config(path: Path) -> RunConfig:
             ckpt = _unpickle(path, lambda: torch.load(io.BytesIO(os.read(fd, MAX_BYTES + 1)), map_location="cpu",
                                                       weights_only=True))
         _check_digest(ckpt, path)
-        return _config(ckpt, path)
+        config = _config(ckpt, path)
+        pos = ckpt.get("position")
+        if where is not None and isinstance(pos, dict) and _is_int(pos.get("stage")):
+            check_unfinished(pos["stage"], config, where)
+        return config
     finally:
         os.close(fd)
+
+
+def check_unfinished(stage: int, config: RunConfig, where: str) -> None:
+    """One sentence for a checkpoint past its plan's last stage: nothing is left to train."""
+    if stage >= len(config.plan.stages):
+        raise CheckpointError(f"the run in {where} has already finished every stage; nothing to resume")
 
 
 def _unpickle(path: Path, load: Callable[[], Any]) -> dict[str, Any]:

@@ -138,11 +138,29 @@ def validate(config: RunConfig, resuming: bool = False) -> None:
         parse_classes(config.classes)
     if config.on_nonfinite not in ON_NONFINITE:
         raise ConfigError(f"on_nonfinite must be one of {', '.join(ON_NONFINITE)}")
-    parse_device(config.device)
+    device = parse_device(config.device)
+    if config.nproc_per_node > 1:
+        check_shared_device(device)
+    if config.sync_bn and device in ("cpu", "mps"):
+        raise ConfigError(SYNC_BN_NEEDS_CUDA)
     check_data_location(config)
     if not resuming and config.weights not in ("imagenet", "none") and not Path(config.weights).is_file():
         what = "is a directory" if Path(config.weights).is_dir() else "does not exist"
         raise ConfigError(f"weights file {config.weights} {what} (or use --weights imagenet or none)")
+
+
+SYNC_BN_NEEDS_CUDA = "--sync-bn needs CUDA GPUs: SyncBatchNorm has no CPU implementation"
+
+
+def check_shared_device(device: str) -> None:
+    """One sentence for a --device (parsed) that several processes cannot share."""
+    if device.startswith("cuda:"):
+        raise ConfigError(
+            f"--device {device} names one GPU; several processes take GPUs 0..N-1 "
+            "(choose them with CUDA_VISIBLE_DEVICES and use --device cuda)"
+        )
+    if device not in ("cpu", "auto", "cuda"):
+        raise ConfigError(f"--device {device} cannot be shared by several processes: use cuda or cpu")
 
 
 def check_data_location(config: RunConfig) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from core.config import SYNC_BN_NEEDS_CUDA, check_shared_device
 from core.control import Control
 from core.errors import ConfigError
 from core.jobenv import from_slurm
@@ -50,6 +51,24 @@ BEAT_S = 1.0  # heartbeat period
 GONE_S = 2.5  # after a collective broke: a rank with no heartbeat over this span is the one that went
 STORE_OP_S = 10.0  # the store client's own timeout (a cut link may still hold a call longer: see Watchdog)
 SAY_S = 15.0  # for the line, the run directory's failure and the launcher's error file, before the exit
+
+
+def _on_gpus(device: str) -> bool:
+    """Whether processes sharing ``device`` (one that they can share) train on GPUs."""
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+
+
+def check_launch(device: str, nproc: int, sync_bn: bool) -> None:
+    """Before a launcher claims a run: what each of its ``nproc`` ranks would find about
+    ``device`` as it joins (`Group.from_env`), one sentence here instead of a failed run."""
+    check_shared_device(device)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
+    gpus = _on_gpus(device)
+    if gpus and nproc > torch.cuda.device_count():
+        raise ConfigError(f"--nproc-per-node {nproc} needs a GPU for each process: {torch.cuda.device_count()} visible")
+    if sync_bn and not gpus:
+        raise ConfigError(SYNC_BN_NEEDS_CUDA)
 
 
 @dataclass
@@ -76,18 +95,12 @@ class Group:
         if "RANK" not in env or "WORLD_SIZE" not in env:
             return None
         local = int(env.get("LOCAL_RANK", "0"))
-        if device.startswith("cuda:"):
-            raise ConfigError(
-                f"--device {device} names one GPU; several processes take GPUs 0..N-1 "
-                "(choose them with CUDA_VISIBLE_DEVICES and use --device cuda)"
-            )
-        cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        check_shared_device(device)
+        cuda = _on_gpus(device)
         if cuda:
             if local >= torch.cuda.device_count():
                 raise ConfigError(f"process {local} of this node has no GPU: {torch.cuda.device_count()} visible")
             torch.cuda.set_device(local)
-        elif device not in ("cpu", "auto"):
-            raise ConfigError(f"--device {device} cannot be shared by several processes: use cuda or cpu")
         # The backstop: a collective gives up a margin after the watchdog would have named the rank.
         timeout = timedelta(seconds=stall_s + max(10.0, stall_s / 4))
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)

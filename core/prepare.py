@@ -16,7 +16,7 @@ from torch import nn
 from core import checkpoint as ckpt_mod
 from core.augment import Augmenter
 from core.checkpoint import Position
-from core.config import RunConfig, merge_resume, parse_classes, validate
+from core.config import SYNC_BN_NEEDS_CUDA, RunConfig, merge_resume, parse_classes, validate
 from core.data import Dataset, DataSpec, count_batches, load_data
 from core.device import autocast, prefers_channels_last, resolve_device, resolve_precision
 from core.errors import CheckpointError, ConfigError
@@ -85,11 +85,11 @@ def prepare(
     torch's threads are chosen. Raises CbamError with one sentence for anything a user can fix."""
     saved: ckpt_mod.Saved | None = None
     if config.resume:
-        path = ckpt_mod.find_checkpoint(Path(config.resume))
+        where = config.resume
+        path = ckpt_mod.find_checkpoint(Path(where))
         saved = ckpt_mod.read(path)
         config = merge_resume(saved.config, config, str(path))
-        if saved.position.stage >= len(config.plan.stages):
-            raise CheckpointError(f"the run in {config.resume} has already finished every stage; nothing to resume")
+        ckpt_mod.check_unfinished(saved.position.stage, config, where)
     else:
         validate(config)
     world = group.world if group else 1
@@ -97,7 +97,7 @@ def prepare(
         raise ConfigError("--sync-bn needs several processes (--nproc-per-node N, torchrun or srun)")
     device = group.device if group else resolve_device(config.device)
     if config.sync_bn and device.type != "cuda":
-        raise ConfigError("--sync-bn needs CUDA GPUs: SyncBatchNorm has no CPU implementation")
+        raise ConfigError(SYNC_BN_NEEDS_CUDA)
     precision = resolve_precision(config.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

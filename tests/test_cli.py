@@ -181,6 +181,41 @@ def test_resume_errors(capsys, tmp_path: Path) -> None:
     assert code == 1 and "is not a cbam-tui run directory" in err
 
 
+def test_a_finished_run_is_refused_before_a_background_child_or_a_launcher_touches_it(capsys, tmp_path: Path) -> None:
+    _, rec = train(tiny_config(tmp_path, limit_train=16))  # finished: 2 batches an epoch are enough
+    home = rec.run_dir
+    before = {p: p.read_bytes() for p in sorted(home.rglob("*")) if p.is_file()}
+    for how in (("--detach",), ("--nproc-per-node", "2", "--headless"), ("--headless",)):
+        code, out, err = cli(capsys, "run", "--resume", str(home), *how)
+        assert (code, err) == (1, f"cbam-tui: error: the run in {home} has already finished every stage; "
+                                  "nothing to resume\n"), (how, out, err)
+        assert {p: p.read_bytes() for p in sorted(home.rglob("*")) if p.is_file()} == before, how  # not one byte
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--device", "cuda:0"), "--device cuda:0 names one GPU; several processes take GPUs 0..N-1"),
+        (("--device", "mps"), "--device mps cannot be shared by several processes: use cuda or cpu"),
+        (("--device", "cpu", "--sync-bn"), "--sync-bn needs CUDA GPUs"),
+        (("--device", "auto", "--sync-bn"), "--sync-bn needs CUDA GPUs"),
+        (("--device", "cuda"), "no CUDA device is available here"),
+    ],
+)
+def test_a_device_several_processes_cannot_share_is_one_line_before_anything_starts(
+    capsys, tmp_path: Path, args: tuple[str, ...], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if args[1] in ("auto", "cuda"):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # what a machine without CUDA says
+    for how in ((), ("--detach",)):
+        if how and args[1] not in ("cuda:0", "mps", "cpu"):
+            continue  # the GPUs a detached launcher needs are counted by its child, which imports torch
+        code, _, err = cli(capsys, "run", "--dataset", "synthetic", "--weights", "none", *TINY,
+                           "--runs-root", str(tmp_path / "runs"), "--nproc-per-node", "2", *args, *how)
+        assert code == 1 and err.count("\n") == 1 and message in err, (how, err)
+        assert not (tmp_path / "runs").exists()  # no run directory, no process
+
+
 def test_demo_takes_a_plan_file(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tui.launch
 

@@ -154,7 +154,7 @@ def resume_config(values: dict[str, Any], given: set[str]) -> tuple[Any, Path | 
         target = resolve_run(values["resume"], Path(values["runs_root"]))
     path = find_checkpoint(target)
     home = run_dir_of(path)
-    saved = read_config(path)
+    saved = read_config(path, values["resume"])  # a finished run is refused before anything claims it
     for name in sorted(given):
         flag = "--" + name.replace("_", "-")
         if name in ("resume", "headless", "detach") or (name in RESUMABLE and name not in ("runs_root", "run_dir")):

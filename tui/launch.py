@@ -187,7 +187,7 @@ def detach(config: RunConfig, home: Path | None) -> int:
     print(f"cbam-tui: starting in the background, pid {child.pid}; run directory {run}", flush=True)
     code = _wait_started(run, child)
     if code is not None:
-        tail = _last_line(run / TRAIN_LOG) or f"exit {code}"
+        tail = _last_line(run / TRAIN_LOG).removeprefix("cbam-tui: error: ") or f"exit {code}"
         raise CbamError(f"the background run ended at once: {tail}")
     print(f"  output:    {run / TRAIN_LOG}")
     print(f"  dashboard: cbam-tui watch {run}")
@@ -244,6 +244,10 @@ def child(run: Path) -> int:
     rundir = RunDir.adopt(run, fd, locked_at, _group_control_of(run))
     try:
         config = RunConfig.from_dict(read_config(rundir.dir), str(run / CONFIG))
+        if config.nproc_per_node > 1:
+            from core.dist import check_launch
+
+            check_launch(config.device, config.nproc_per_node, config.sync_bn)  # the GPUs the parent did not count
     except CbamError as exc:
         rundir.write(RunFailed(str(exc)))
         rundir.close()
@@ -261,6 +265,9 @@ def processes(config: RunConfig, home: Path | None, show_dashboard: bool, rundir
     from tui.workers import LaunchLink, Workers
 
     if rundir is None:
+        from core.dist import check_launch
+
+        check_launch(config.device, config.nproc_per_node, config.sync_bn)  # before the run is claimed
         say_where(config)
     rundir = rundir or _claim(config, home)
     workers = Workers(rundir, config.nproc_per_node, config.stall_timeout)
