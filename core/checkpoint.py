@@ -31,6 +31,7 @@ FORMAT = "cbam-tui"
 ARCH = "resnet18-cbam"
 VERSION = 2
 MAX_BYTES = 16 << 30
+MAX_IMAGES = 1 << 53  # images an epoch's running sums can count (exact in a float)
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,8 @@ def _check_digest(ckpt: dict[str, Any], path: Path) -> None:
         actual = digest(ckpt)
     except TypeError as exc:
         raise CheckpointError(f"{path} is damaged: {exc}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is not a usable checkpoint: it is nested too deeply") from None
     if stored != actual:
         raise CheckpointError(
             f"{path} is damaged: its content does not match its digest (a flipped byte or a cut write); "
@@ -301,8 +304,8 @@ def _checked(ckpt: dict[str, Any], path: Path) -> Saved:
         if key in ckpt and not (_is_int(ckpt[key]) and ckpt[key] > 0):
             raise bad(f"its {key} is not a positive whole number")
     sums = ckpt["sums"]
-    if not (isinstance(sums, dict) and _is_num(sums.get("loss_sum")) and _is_int(sums.get("correct"))
-            and _is_int(sums.get("seen"))):
+    if not (isinstance(sums, dict) and _is_num(sums.get("loss_sum"))
+            and all(_is_int(sums.get(k)) and 0 <= sums[k] <= MAX_IMAGES for k in ("correct", "seen"))):
         raise bad("its running sums are malformed")
     seconds = sums.get("seconds")
     if seconds is not None and not (_is_num(seconds) and seconds >= 0):

@@ -16,12 +16,18 @@ import re
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, ClassVar, Union
+from typing import Annotated, Any, ClassVar, Union
 
 import msgspec
-from msgspec import Struct
+from msgspec import Meta, Struct
 
 MAX_TEXT = 4096  # characters of any one string read back
+MAX_COUNT = 10**12  # epochs, steps, batches: far beyond any run, well inside what a plot's axis can hold
+MAX_TIME = 2.0**35  # a wall-clock stamp past this (the year 3058) is not one
+# Read back, a count, a percentage or a machine figure outside these is a bad line, not a view that crashes.
+Count = Annotated[int, Meta(ge=0, le=MAX_COUNT)]
+Percent = Annotated[float, Meta(ge=0, le=100)]
+Measure = Annotated[float, Meta(ge=-1, le=1e9)]  # CPUs, watts, degrees; -1 where unknown
 
 
 class BadEvent(ValueError):
@@ -151,14 +157,14 @@ class BatchLogged(Event, frozen=True, tag="batch_logged"):
     """Every --log-every batches (and at an epoch's end): the seed's per-100-batch line."""
 
     stage: int
-    epoch: int
-    total_epochs: int
-    batch: int  # 1-based, within the epoch
-    batches: int
+    epoch: Count
+    total_epochs: Count
+    batch: Count  # 1-based, within the epoch
+    batches: Count
     loss: float  # mean over the batches since the last line
     avg_loss: float  # running mean over the epoch so far
     images_per_second: float
-    global_step: int
+    global_step: Count
     lrs: tuple[float, ...] = ()  # each optimizer group's learning rate now (StageStarted.groups order)
     grad_norms: tuple[float, ...] = ()  # each group's gradient L2 norm at this batch
 
@@ -196,11 +202,11 @@ class GpuProcess(Struct, frozen=True):
 class GpuSample(Struct, frozen=True):
     index: int
     name: str
-    utilization: float  # percent
+    utilization: Percent  # percent
     memory_used: int  # bytes
     memory_total: int
-    power: float  # watts; -1 when the device does not say
-    temperature: float  # degrees C; -1 when unknown
+    power: Measure  # watts; -1 when the device does not say
+    temperature: Measure  # degrees C; -1 when unknown
     others: tuple[GpuProcess, ...] = ()  # other processes on this GPU (not this one)
 
 
@@ -213,8 +219,8 @@ class SystemSample(Event, frozen=True, tag="system"):
     gpus: tuple[GpuSample, ...] = ()
     cuda_peak: int = 0  # bytes: the most this process's tensors held on its CUDA device
     note: str = ""  # why there are no GPU figures
-    cpus: float = 0.0  # CPUs this process may use (affinity and quota); 0: not known
-    busy_elsewhere: float = 0.0  # cores other processes kept busy since the last sample
+    cpus: Measure = 0.0  # CPUs this process may use (affinity and quota); 0: not known
+    busy_elsewhere: Measure = 0.0  # cores other processes kept busy since the last sample
 
 
 class ClassAccuracy(Event, frozen=True, tag="class_accuracy"):
@@ -257,26 +263,26 @@ class AttentionMaps(Event, frozen=True, tag="attention"):
 class IterLosses(Event, frozen=True, tag="iter_losses"):
     """The loss of every iteration since the last chunk (for the iteration curve)."""
 
-    first_step: int  # global iteration number of losses[0], 1-based
+    first_step: Count  # global iteration number of losses[0], 1-based
     losses: tuple[float, ...]
     stage: int
 
 
 class EpochEnded(Event, frozen=True, tag="epoch_ended"):
     stage: int
-    epoch: int
-    total_epochs: int
+    epoch: Count
+    total_epochs: Count
     epoch_in_stage: int
     stage_epochs: int
-    batches_done: int  # fewer than an epoch when "next stage" cut it short
+    batches_done: Count  # fewer than an epoch when "next stage" cut it short
     train_loss: float
-    train_acc: float  # percent
+    train_acc: Percent  # percent
     test_loss: float
-    test_acc: float  # percent
+    test_acc: Percent  # percent
     seconds: float  # the epoch's time in every process that trained it: training (no pauses) and its test pass
     images_per_second: float  # the epoch's training images per second of its training time, every process's
-    best_acc: float
-    global_step: int
+    best_acc: Percent
+    global_step: Count
 
 
 class CommandTaken(Event, frozen=True, tag="command"):
@@ -453,9 +459,14 @@ def read_line(line: bytes) -> tuple[Event, float | None]:
     event = from_json(line)
     m = _STAMP.search(line)
     if m is not None:  # the stamp RunDir.write puts last
-        return event, float(m[1])
+        return event, plausible_time(float(m[1]))
     t = _stamped(line).t if b'"t"' in line else None
-    return event, float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
+    return event, plausible_time(float(t)) if isinstance(t, (int, float)) and not isinstance(t, bool) else None
+
+
+def plausible_time(t: float) -> float | None:
+    """``t`` when it can be a wall-clock stamp (finite, from 1970 to the year 3058), else None."""
+    return t if 0.0 <= t < MAX_TIME else None
 
 
 def from_dict(data: object) -> Event:

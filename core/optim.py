@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.errors import CheckpointError
 from core.plan import Group, Plan, assign_groups
 
 
@@ -57,5 +58,13 @@ def restore_optimizer(
     """The optimizer of ``saved_stage`` as a checkpoint left it (to continue that stage,
     or to hand its moments on to the next one)."""
     optimizer, _, _ = stage_optimizer(model, plan, saved_stage, device)
-    optimizer.load_state_dict(saved_state)
+    load_saved(optimizer, saved_state)
     return optimizer
+
+
+def load_saved(optimizer: torch.optim.Optimizer, saved_state: dict[str, Any]) -> None:
+    """A checkpoint's optimizer state into ``optimizer``; one sentence when it does not fit."""
+    try:
+        optimizer.load_state_dict(saved_state)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+        raise CheckpointError(f"the checkpoint's optimizer state does not fit its stage ({str(exc)[:160]})") from None

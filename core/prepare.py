@@ -172,9 +172,10 @@ def _restore(saved: ckpt_mod.Saved, model: ResNet18CBAM, data: Dataset, config: 
         lines = str(exc).splitlines()
         first = lines[1].strip() if len(lines) > 1 else lines[0]
         raise CheckpointError(f"checkpoint {path} does not fit the model: {first}") from None
-    torch.set_rng_state(saved.rng)
     position = saved.position
     before = saved.global_batch or saved.config.batch_size
+    _check_restorable(saved, config, len(data.train), before, path)
+    torch.set_rng_state(saved.rng)
     if position.batch and not position.trained and before != config.batch_size * world:
         position = position.regrouped(before, config.batch_size * world)  # another number of processes
     return Restored(
@@ -190,6 +191,30 @@ def _restore(saved: ckpt_mod.Saved, model: ResNet18CBAM, data: Dataset, config: 
         history=list(saved.history),
         base_lrs=list(saved.base_lrs),
     )
+
+
+def _check_restorable(saved: ckpt_mod.Saved, config: RunConfig, images: int, global_batch: int, path: Path) -> None:
+    """One sentence for fields whose digest matches but that no run of this plan and data
+    could have saved (the digest proves the bytes whole, not who wrote them)."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path} is not a usable checkpoint: {what}")
+
+    pos, stages = saved.position, config.plan.stages
+    if not 1 <= pos.epoch <= sum(st.epochs for st in stages) + 1:
+        raise bad(f"its position's epoch {pos.epoch} is not one of the plan's")
+    if pos.images(global_batch) > images + global_batch:
+        raise bad(f"its position's batch {pos.batch} lies beyond an epoch of {images} images")
+    if not 0 <= saved.best_epoch <= pos.epoch or not 0 <= saved.best_acc <= 100:
+        raise bad("its best epoch is not one it trained")
+    if not -1 <= saved.optimizer_stage <= min(pos.stage, len(stages) - 1):
+        raise bad(f"its optimizer's stage {saved.optimizer_stage} is not one the run has reached")
+    if saved.optimizer_stage >= 0:
+        groups = saved.optimizer.get("param_groups") if isinstance(saved.optimizer, dict) else None
+        if not isinstance(groups, list) or len(groups) != len(stages[saved.optimizer_stage].groups):
+            raise bad(f"its optimizer does not hold stage {saved.optimizer_stage + 1}'s groups")
+    rng = torch.get_rng_state()
+    if saved.rng.shape != rng.shape:
+        raise bad("its random state is not torch's")
 
 
 def _place(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -289,6 +289,8 @@ def read_config(run: Dir) -> dict[str, Any]:
         data = json.loads(raw) if raw is not None else None
     except (OSError, ValueError) as exc:
         raise RunDirError(f"cannot read {run.path / CONFIG}: {exc}") from None
+    except RecursionError:
+        raise RunDirError(f"cannot read {run.path / CONFIG}: nested too deeply to be a configuration") from None
     if not isinstance(data, dict):
         raise RunDirError(f"{run.path / CONFIG} does not hold a run's configuration")
     return data

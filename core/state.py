@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from core.events import (
+    MAX_TIME,
     AttentionMaps,
     BatchLogged,
     CheckpointSaved,
@@ -53,6 +54,7 @@ from core.events import (
     check,
     counted,
     from_dict,
+    plausible_time,
 )
 from core.vocab import Status
 
@@ -379,6 +381,10 @@ class RunState:
                 setattr(state, f.name, _decode(data[f.name], hints[f.name], f.name))
         if not state.status.folded or state.loss_stride < 1 or state.curve_stride < 1:
             raise ValueError("not a state")
+        stamps = (state.first_t, state.last_t, state.session_t)
+        forged = any(t is not None and plausible_time(t) is None for t in stamps)
+        if forged or not 0 <= state.earlier_seconds < MAX_TIME:
+            raise ValueError("not a state")  # a forged clock: the log is folded again instead
         state.keep_losses = False
         state._drop_histories()
         return state

@@ -56,7 +56,7 @@ from core.events import (
 )
 from core.hardware import SystemMonitor
 from core.meter import Clock, EpochMeter, EpochRun, Sums, grad_norms
-from core.optim import restore_optimizer, stage_optimizer
+from core.optim import load_saved, restore_optimizer, stage_optimizer
 from core.prepare import Setup, prepare
 from core.rundir import RunDir
 from core.saving import Saving
@@ -251,7 +251,7 @@ class Trainer:
         self.optimizer, groups, kept = stage_optimizer(s.model, plan, si, s.device, previous)
         self.base_lrs = [g.lr for g, _ in groups]  # each stage starts from its plan (live changes end here)
         if self.opt_stage < 0 and r is not None and r.optimizer_stage == si:
-            self.optimizer.load_state_dict(r.optimizer)  # the same stage, continued
+            load_saved(self.optimizer, r.optimizer)  # the same stage, continued
             kept = sum(p.numel() for p in self.optimizer.state)
             if r.base_lrs and len(r.base_lrs) == len(self.base_lrs):
                 self.base_lrs = list(r.base_lrs)

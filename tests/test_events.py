@@ -138,9 +138,35 @@ def test_numbers_no_float_holds_and_values_of_another_shape_are_bad_events(text:
     assert str(info.value) == why
 
 
-def test_a_huge_whole_number_that_fits_no_machine_word_is_still_a_number_of_steps() -> None:
-    event = from_json(json.dumps({**GOOD, "global_step": 10**30}))
-    assert isinstance(event, EpochEnded) and event.global_step == 10**30
+def test_a_count_up_to_a_trillion_reads_back_and_one_past_it_is_a_bad_line() -> None:
+    event = from_json(json.dumps({**GOOD, "global_step": 10**12}))
+    assert isinstance(event, EpochEnded) and event.global_step == 10**12
+    for step in (10**12 + 1, 2**63 - 1, 10**30):  # no axis, no time left, can hold it: no view gets it
+        with pytest.raises(BadEvent, match=r"^epoch_ended.global_step: expected int <= 1000000000000$"):
+            from_json(json.dumps({**GOOD, "global_step": step}))
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"test_acc": 1e308}, "epoch_ended.test_acc: expected float <= 100.0"),
+        ({"train_acc": -0.5}, "epoch_ended.train_acc: expected float >= 0.0"),
+        ({"best_acc": float("inf")}, "epoch_ended.best_acc: expected float <= 100.0"),
+        ({"epoch": -1}, "epoch_ended.epoch: expected int >= 0"),
+    ],
+)
+def test_a_percentage_or_a_count_no_run_can_have_is_a_bad_line(change: dict, why: str) -> None:
+    with pytest.raises(BadEvent) as info:
+        from_json(json.dumps({**GOOD, **change}))
+    assert str(info.value) == why
+
+
+def test_a_machine_sample_with_a_figure_no_machine_has_is_a_bad_one() -> None:
+    good = {"event": "system", "cpu_percent": 50.0, "rss": 1, "cpus": 2.0, "busy_elsewhere": 0.5}
+    assert from_dict(good).busy_elsewhere == 0.5  # type: ignore[attr-defined]
+    for bad in (float("nan"), -3.0, 1e300):
+        with pytest.raises(BadEvent, match=r"^system.busy_elsewhere: expected float"):
+            from_json(json.dumps({**good, "busy_elsewhere": bad}))
 
 
 def test_a_wrong_value_deep_inside_an_event_is_named_by_its_path() -> None:
@@ -195,6 +221,8 @@ def test_the_stamp_is_read_wherever_the_line_holds_it() -> None:
     assert read_line(line)[1] == 12.5
     assert read_line(GOLDEN[8].replace('"t":1767268812.123', '"t":"soon"').encode())[1] is None
     assert read_line(GOLDEN[8].replace(',"t":1767268812.123', "").encode())[1] is None
+    for forged in ("1e17", "1e300", "-5"):  # no clock says it: no date to show, no duration to add up
+        assert read_line(GOLDEN[8].replace('"t":1767268812.123', f'"t":{forged}').encode())[1] is None
 
 
 @pytest.mark.parametrize(("rate", "text"), [

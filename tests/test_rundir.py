@@ -471,3 +471,40 @@ def test_last_of_a_best_epoch_is_the_same_file_until_replaced(
         assert sorted(p.name for p in best.parent.iterdir()) == ["best.pt", "last.pt"]  # no temp file left
     finally:
         run.close()
+
+
+def test_a_forged_clock_or_a_config_nested_too_deeply_costs_its_run_a_column_not_the_listing(
+    tmp_path: Path, capsys
+) -> None:
+    """A stamp no clock gives (in events.jsonl or a rewritten index.json) and a config.json
+    nested past the stack: the other runs are listed, compared and resumed as before."""
+    from core.comparison import read_compared
+    from core.runs import unfinished_run
+    from tests.helpers import fake_run
+    from tests.scripted import events
+
+    script = [*events(epochs=2, batches=4, log_every=2)]
+    root = tmp_path / "runs"
+    good, _ = fake_run(root, "good", script, step_s=1.0)
+    clock, _ = fake_run(root, "clock", script, step_s=1.0)
+    log = clock / "events.jsonl"
+    log.write_text("".join(json.dumps({**json.loads(line), "t": 1e17}) + "\n" for line in log.read_text().splitlines()))
+    deep, _ = fake_run(root, "t-deep", script, step_s=1.0)
+    (deep / "config.json").write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+    code, out, err = cli(capsys, "runs", "--runs-root", str(root))
+    assert code == 0, err
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in
+            ("good", "clock", "t-deep")}
+    assert set(rows) == {"good", "clock", "t-deep"}, out
+    assert len(rows["clock"]) < 120, rows["clock"]  # its time from the file's, not a 300-digit duration
+    index = clock / "index.json"  # the index written by that listing, its clock forged and its tie kept
+    if index.exists():
+        data = json.loads(index.read_text())
+        data["state"]["first_t"] = 1e17
+        index.write_text(json.dumps(data))
+        code, out, err = cli(capsys, "runs", "--runs-root", str(root))
+        assert code == 0 and "good" in out, err
+    compared = read_compared(deep)
+    assert read_compared(good).epochs_done == 2 and compared.epochs_done == 2 and compared.config == {}
+    assert "nested too deeply" in compared.note  # told, not fatal
+    assert unfinished_run("t", root) in (None, good, clock, deep)  # a requeued job goes on past it

@@ -383,6 +383,51 @@ def test_resume_refuses_a_finished_run_without_writing_to_it(tmp_path: Path) -> 
         train(tiny_config(tmp_path, resume=str(tmp_path / "missing")))
 
 
+def _nested(depth: int) -> list:
+    deep: list = []
+    for _ in range(depth):
+        deep = [deep]
+    return deep
+
+
+@pytest.mark.parametrize(
+    ("forge", "match"),
+    [
+        (lambda c: c["position"].update(epoch=10**6), "its position's epoch 1000000 is not one of the plan's"),
+        (lambda c: c["position"].update(batch=10**6), "its position's batch 1000000 lies beyond an epoch"),
+        (lambda c: c.update(best_epoch=-7), "its best epoch is not one it trained"),
+        (lambda c: c.update(optimizer_stage=99), "its optimizer's stage 99 is not one the run has reached"),
+        (lambda c: c.update(optimizer_stage=0, optimizer={"state": {}, "param_groups": []}),
+         "its optimizer does not hold stage 1's groups"),
+        (lambda c: c.update(rng=torch.zeros(3, dtype=torch.uint8)), "its random state is not torch's"),
+        (lambda c: c["sums"].update(correct=10**30), "its running sums are malformed"),
+        (lambda c: c.update(history=_nested(5000)), "nested too deeply"),
+    ],
+)
+def test_a_checkpoint_whose_digest_matches_but_whose_fields_no_run_saved_is_one_sentence(
+    tmp_path: Path, stopped_copy: Callable[[Path], Path], forge: Callable[[dict], object], match: str
+) -> None:
+    """The digest proves the bytes whole, not who wrote them: a forged field is refused
+    before anything is written, never an internal error or a run that trains nonsense."""
+    from core.checkpoint import serialize
+
+    ckpt = torch.load(stopped_copy(tmp_path) / "checkpoints" / "last.pt", weights_only=True)
+    ckpt.pop("digest")
+    forge(ckpt)
+    forged = tmp_path / "forged.pt"
+    import sys
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # the forger's digest reaches as deep as the forgery
+    try:
+        forged.write_bytes(serialize(ckpt))
+    finally:
+        sys.setrecursionlimit(limit)
+    with pytest.raises(CheckpointError, match=re.escape(match)):
+        train(tiny_config(tmp_path / "new", resume=str(forged)))
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_flipped_byte_in_a_checkpoint_is_one_sentence(tmp_path: Path) -> None:
     control = Control()
     _, rec = train(tiny_config(tmp_path), lambda e: control.stop(StopReason.QUIT) if e.kind == "epoch_ended" else None,

@@ -318,6 +318,12 @@ class Plot(PlotextPlot):
         if width < MIN_SIZE[0] or height < MIN_SIZE[1]:
             return []
         self.builds += 1
+        try:
+            return self._figure(width, height)
+        except (ArithmeticError, ValueError):  # values a run directory claims that no axis can hold
+            return [Strip([Segment("values out of any plottable range", self.rich_style)], width)]
+
+    def _figure(self, width: int, height: int) -> list[Strip]:
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
