@@ -152,7 +152,7 @@ def build_plan(opts: PlanOptions) -> Plan:
                 raise PlanError(f"{flag} cannot be combined with --plan: {what}")
         plan = load_plan(opts.plan_file)
     else:
-        preset = opts.preset or "default"
+        preset = "default" if opts.preset is None else opts.preset
         if preset not in PRESETS:
             raise PlanError(f"unknown preset {_shown(preset)}: choose one of {', '.join(PRESETS)}")
         lrs = parse_lrs(opts.lrs, 3) if opts.lrs is not None else SEED_LRS

@@ -36,17 +36,17 @@ _PERCENT = re.compile(r"\d{1,3}(\.\d{0,12})?|\.\d{1,12}")
 
 def check(text: str, where: str = "--schedule") -> str:
     """The schedule's canonical name; PlanError with one sentence if it is none."""
-    name, _, arg = text.partition(":")
+    name, colon, arg = text.partition(":")
     if name not in SCHEDULES:
         choices = ", ".join(SCHEDULES)
         raise PlanError(f"{where}: unknown schedule {_shown(text)}; choose one of {choices} (warmup-cosine:W)")
-    if arg:
+    if colon:
         if name != "warmup-cosine":
             raise PlanError(f"{where}: only warmup-cosine takes a number (warmup-cosine:10), not {_shown(text)}")
         if not _PERCENT.fullmatch(arg):
             raise PlanError(f"{where}: the warm-up of {_shown(text)} must be a percent, like warmup-cosine:10")
         if not 0 < Fraction(arg) < 100:
-            raise PlanError(f"{where}: the warm-up of {_shown(text)} must be between 0 and 100 percent")
+            raise PlanError(f"{where}: the warm-up of {_shown(text)} must be more than 0 and less than 100 percent")
     return text
 
 

@@ -121,15 +121,17 @@ class Command:
             raise ConfigError(f"unknown command {shown(self.verb)}: use one of {', '.join(VERBS)}")
         if len(self.value) > MAX_VALUE:
             raise ConfigError(f"{self.verb} takes a value of at most {MAX_VALUE} characters, not {shown(self.value)}")
+        if self.group and self.verb != "lr":
+            raise ConfigError(f"--group applies to lr alone, not to {self.verb}")
         if self.verb == "lr":
             self.lr_change()
         elif self.verb == "epochs":
             self.epoch_change()
         elif self.verb == "stop" and self.value:
             self.stop_reason()
-        elif self.value or self.group:
+        elif self.value:
             raise ConfigError(f"{self.verb} takes no value")
-        if self.group and (self.verb != "lr" or not GROUP_NAME.fullmatch(self.group)):
+        if self.group and not GROUP_NAME.fullmatch(self.group):
             raise ConfigError(
                 f"--group names an optimizer group (1 to 100 letters, digits, + . _ -), not {shown(self.group)}"
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -63,6 +64,8 @@ TINY = ("--image-size", "8", "--limit-train", "16", "--limit-test", "8", "--batc
         (("--classes", "dog"), "--classes needs at least two classes"),
         (("--classes", "dog,,cat"), "--classes needs class names separated by commas"),
         (("--classes", "dog,cat,dog"), "--classes names 'dog' twice"),
+        (("--preset", ""), "unknown preset ''"),
+        (("--schedule", "warmup-cosine:"), "the warm-up of 'warmup-cosine:' must be a percent"),
     ],
 )
 def test_bad_input_is_one_line_and_a_nonzero_exit(
@@ -277,6 +280,16 @@ def test_summary_shows_a_plans_names_as_they_are(capsys, tmp_path: Path) -> None
 
 def _subprocess(code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+@pytest.mark.parametrize("args", [("runs", "--runs-root", "."), ("--help",), ("--version",)])
+def test_a_full_standard_output_is_one_line_naming_it(tmp_path: Path, args: tuple[str, ...]) -> None:
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "tui.cli", *args], stdout=full, stderr=subprocess.PIPE,
+                              text=True, cwd=tmp_path, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (done.returncode, done.stderr) == (1, "cbam-tui: error: cannot write to standard output: "
+                                                 "No space left on device\n")
 
 
 def test_help_does_not_import_torch() -> None:

@@ -175,7 +175,11 @@ def test_a_change_asked_on_a_stages_last_batch(tmp_path: Path, verb: str) -> Non
 def test_bad_values_for_ctl_are_one_sentence(capsys, tmp_path: Path) -> None:
     for args, message in ((("lr",), "lr needs a value"), (("lr", "fast"), "lr takes a rate"),
                           (("epochs", "3"), "epochs takes +N or -N"), (("pause", "3"), "pause takes no value"),
-                          (("lr", "x2", "--group", "a b"), "--group names an optimizer group")):
+                          (("lr", "x2", "--group", "a b"), "--group names an optimizer group"),
+                          (("pause", ""), "pause was given an empty value"),  # an unset shell variable
+                          (("lr", "x0.5", "--group", ""), "--group was given an empty name"),  # never every group
+                          (("epochs", "+1", "--group", "new"), "--group applies to lr alone, not to epochs"),
+                          (("save", "--group", "new"), "--group applies to lr alone, not to save")):
         code, _, err = cli(capsys, "ctl", str(tmp_path), *args)
         assert code == 1 and message in err and err.count("\n") == 1, err
     with pytest.raises(ConfigError):

@@ -9,11 +9,13 @@ which options the user really typed comes from click's parameter source.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import io
+import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -380,13 +382,16 @@ def ctl(
     reason when it refused it (an unknown group, a rate or a stage length a resume would
     not take)."""
     import math
-    import os
 
     from core.inbox import send, steer
     from core.runs import resolve_run
     from core.state import describe
     from core.vocab import Command
 
+    if value is not None and not value.strip():  # an unset shell variable: never "every group" or "no value"
+        raise ConfigError(f"{command} was given an empty value: leave it out or give one")
+    if group is not None and not group.strip():
+        raise ConfigError("--group was given an empty name: leave it out to change every group's rate")
     if command in ("lr", "epochs") and value is None:
         raise ConfigError(f"{command} needs a value: " + ("a rate (3e-4) or a factor (x0.5)" if command == "lr" else "+N or -N"))
     order = Command(command, value or "", group or "")
@@ -441,12 +446,33 @@ def main() -> None:
         sys.exit(Exit.ERROR)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # a bug, not bad input: still one line, and where the details are
-        notes = "; ".join(getattr(exc, "__notes__", []))
-        where = f" ({notes})" if notes else ""
-        _error(f"internal error: {type(exc).__name__}: {exc}{where}")
+    except OSError as exc:
+        if not _stdout_failed(exc):
+            _internal(exc)
+        _error(f"error: cannot write to standard output: {exc.strerror or exc}")
         sys.exit(Exit.ERROR)
+    except Exception as exc:  # a bug, not bad input: still one line, and where the details are
+        _internal(exc)
     sys.exit(code if isinstance(code, int) else Exit.OK)
+
+
+def _internal(exc: BaseException) -> NoReturn:
+    """A bug, not bad input: still one line, and where the details are."""
+    notes = "; ".join(getattr(exc, "__notes__", []))
+    where = f" ({notes})" if notes else ""
+    _error(f"internal error: {type(exc).__name__}: {exc}{where}")
+    sys.exit(Exit.ERROR)
+
+
+def _stdout_failed(exc: OSError) -> bool:
+    """Whether ``exc`` is standard output refusing what was written (a full disk, a closed
+    pipe): every file the project writes itself reports its own failures with its path. If
+    so, standard output is pointed at /dev/null, so the interpreter's last flush adds nothing."""
+    if exc.errno not in (errno.ENOSPC, errno.EPIPE, errno.EDQUOT, errno.EIO) or exc.filename is not None:
+        return False
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return True
 
 
 if __name__ == "__main__":
