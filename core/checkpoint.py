@@ -12,6 +12,7 @@ import hashlib
 import io
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,10 +193,8 @@ def read_bytes(path: Path) -> bytes:
 
 def read(path: Path) -> Saved:
     """The checkpoint at ``path``, its digest matched and every field checked."""
-    import torch
 
-    return _checked(_unpickle(path, lambda: torch.load(io.BytesIO(read_bytes(path)), map_location="cpu",
-                                                       weights_only=True)), path)
+    return _checked(_unpickle(path, lambda: load_untrusted(io.BytesIO(read_bytes(path)))), path)
 
 
 def read_config(path: Path, where: str | None = None) -> RunConfig:
@@ -204,7 +203,6 @@ def read_config(path: Path, where: str | None = None) -> RunConfig:
     (the run loads the weights once, later, and checks them again then). With ``where``
     (what the user named), a run that has finished every stage is refused, as `read` then
     `check_unfinished` would: before a detached child or a launcher's ranks touch it."""
-    import torch
 
     try:
         with Dir.open(path.parent, follow=True) as parent:
@@ -220,10 +218,9 @@ def read_config(path: Path, where: str | None = None) -> RunConfig:
             raise CheckpointError(f"cannot resume from {path}: it is larger than {MAX_BYTES} bytes")
         by_fd = Path(f"/proc/self/fd/{fd}")  # the file this fd opened, whatever the path now names
         if by_fd.exists():
-            ckpt = _unpickle(path, lambda: torch.load(by_fd, map_location="cpu", weights_only=True, mmap=True))
+            ckpt = _unpickle(path, lambda: load_untrusted(by_fd, mmap=True))
         else:  # no /proc: read it whole
-            ckpt = _unpickle(path, lambda: torch.load(io.BytesIO(os.read(fd, MAX_BYTES + 1)), map_location="cpu",
-                                                      weights_only=True))
+            ckpt = _unpickle(path, lambda: load_untrusted(io.BytesIO(os.read(fd, MAX_BYTES + 1))))
         _check_digest(ckpt, path)
         config = _config(ckpt, path)
         pos = ckpt.get("position")
@@ -240,6 +237,33 @@ def check_unfinished(stage: int, config: RunConfig, where: str) -> None:
         raise CheckpointError(f"the run in {where} has already finished every stage; nothing to resume")
 
 
+def load_untrusted(source: Any, mmap: bool = False) -> Any:
+    """torch.load of a file anyone may have written: tensors and plain data only (no code
+    runs), and torch's warnings about the file's pickle kept off the terminal."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+_UNPICKLER_SAID = re.compile(r"WeightsUnpickler error:\s*(\S[^\n]*)")
+
+
+def load_failure(exc: BaseException) -> str:
+    """Why `load_untrusted` failed, in one short line; never torch's advice to load the file
+    with weights_only=False, which would run whatever code it holds."""
+    text = str(getattr(exc, "reason", None) or exc).strip()
+    if text.startswith("Weights only load failed"):
+        said = _UNPICKLER_SAID.search(text)
+        return "it holds more than tensors and plain data" + (f": {said[1].strip()[:120]}" if said else "")
+    if "mmap can only be used" in text:
+        return "it is not a file torch.save wrote in its zip format"
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
 def _unpickle(path: Path, load: Callable[[], Any]) -> dict[str, Any]:
     """The checkpoint's dict, if it is one of ours; one sentence otherwise."""
     try:
@@ -247,8 +271,7 @@ def _unpickle(path: Path, load: Callable[[], Any]) -> dict[str, Any]:
     except CbamError:
         raise
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read {path} as a checkpoint ({reason[:200]})") from None
+        raise CheckpointError(f"cannot read {path} as a checkpoint ({load_failure(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cbam-tui checkpoint (use --weights to start from plain weights)")
     if ckpt.get("arch") != ARCH:

@@ -127,11 +127,13 @@ def load_state_file(path: Path) -> Any:
         raise WeightsError(f"cannot use weights {path}: {exc}") from None
     except OSError as exc:
         raise WeightsError(f"cannot read weights file {path}: {exc.strerror or exc}") from None
+    from core.checkpoint import load_failure, load_untrusted
+
     try:
-        return torch.load(io.BytesIO(data or b""), map_location="cpu", weights_only=True)
+        return load_untrusted(io.BytesIO(data or b""))
     except Exception as exc:
         raise WeightsError(
-            f"cannot read {path} as a PyTorch state dict or checkpoint ({_reason(exc)})"
+            f"cannot read {path} as a PyTorch state dict or checkpoint ({load_failure(exc)})"
         ) from exc
 
 

@@ -282,6 +282,35 @@ def _subprocess(code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
 
 
+class _Planted:
+    """Unpickled, it would run a command: what a hostile weights file or checkpoint holds."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_file_that_is_more_than_tensors_is_one_sentence_that_never_advises_loading_it_unsafely(
+    capsys, tmp_path: Path
+) -> None:
+    import pickle
+
+    marker = tmp_path / "ran"
+    (tmp_path / "plain.pt").write_bytes(pickle.dumps({"a": 1}, protocol=4))  # torch warns about its protocol
+    torch.save({"x": _Planted(marker)}, tmp_path / "planted.pt")
+    for name in ("plain.pt", "planted.pt"):
+        for how in (("--resume", str(tmp_path / name)),
+                    ("--weights", str(tmp_path / name), "--dataset", "synthetic", *TINY)):
+            code, _, err = cli(capsys, "run", "--headless", "--runs-root", str(tmp_path / "runs"), *how)
+            assert code == 1 and err.count("\n") == 1, (how, err)
+            assert "cannot read" in err and "weights_only" not in err and "False" not in err, err
+    assert not marker.exists()  # no code ran
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
 @pytest.mark.parametrize("args", [("runs", "--runs-root", "."), ("--help",), ("--version",)])
 def test_a_full_standard_output_is_one_line_naming_it(tmp_path: Path, args: tuple[str, ...]) -> None:
