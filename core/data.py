@@ -257,6 +257,13 @@ def _imagefolder(root: Path, spec: DataSpec, cache_dir: Path, report: Progress) 
     train, skipped_train = _cached_split(train_dir, folders, size, cache_dir, report, spec.limit_train, seed, some)
     test, skipped_test = _cached_split(test_dir, folders, size, cache_dir, report, spec.limit_test, seed, some)
     classes = tuple(shown_name(name) for name in folders)
+    if len(classes) == 1:
+        raise DataError(f"{train_dir} has one class folder, {classes[0]!r}: a classifier needs two at least")
+    seen = set(train.labels.tolist())
+    empty = next((c for i, c in enumerate(classes) if i not in seen), None)
+    if empty is not None and spec.limit_train is None:  # a limit may leave a class out of a small subset
+        raise DataError(f"{train_dir / folders[classes.index(empty)]} has no image to train on: "
+                        "every class needs some (or leave it out with --classes)")
     return Dataset("imagefolder", train, test, classes, skipped_train + skipped_test)
 
 

@@ -48,6 +48,19 @@ def test_a_run_says_how_many_unreadable_images_it_skipped(tmp_path: Path, capsys
     assert "2 unreadable image files were skipped" in out
 
 
+def test_one_class_or_a_class_with_nothing_to_train_on_is_one_sentence(tmp_path: Path) -> None:
+    lone = tmp_path / "lone"
+    write_folder(lone, {"cat": 3})
+    with pytest.raises(DataError, match=r"has one class folder, 'cat': a classifier needs two at least"):
+        load_data(spec(lone, tmp_path / "cache"), lambda m, d, t: None)
+    bare = tmp_path / "bare"
+    write_folder(bare, {"cat": 3, "dog": 3})
+    for image in (bare / "train" / "dog").iterdir():
+        image.unlink()  # its test images stay: the model would be tested on a class it never saw
+    with pytest.raises(DataError, match=r"train/dog has no image to train on"):
+        load_data(spec(bare, tmp_path / "cache"), lambda m, d, t: None)
+
+
 def test_image_folder_cache_is_reused_and_rebuilt_when_stale(tmp_path: Path) -> None:
     root, cache = tmp_path / "imgs", tmp_path / "cache"
     write_folder(root, {"a": 2, "b": 2})
