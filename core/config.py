@@ -145,7 +145,10 @@ def validate(config: RunConfig, resuming: bool = False) -> None:
         raise ConfigError(SYNC_BN_NEEDS_CUDA)
     check_data_location(config)
     if not resuming and config.weights not in ("imagenet", "none") and not Path(config.weights).is_file():
-        what = "is a directory" if Path(config.weights).is_dir() else "does not exist"
+        given = Path(config.weights)
+        if not config.weights.strip():
+            raise ConfigError("--weights takes imagenet, none or a file's path, not ''")
+        what = "is a directory" if given.is_dir() else "is not a regular file" if given.exists() else "does not exist"
         raise ConfigError(f"weights file {config.weights} {what} (or use --weights imagenet or none)")
 
 

@@ -288,7 +288,10 @@ def load_plan(path: Path) -> Plan:
     stages = tuple(_stage(s, f"{where}, stage {i}") for i, s in enumerate(file.stage, 1))
     label = path.name if path.name.isprintable() else ascii(path.name)
     plan = Plan(stages, file.frozen_bn, label=label[:200], moments=file.moments)
-    validate(plan)
+    try:
+        validate(plan)
+    except PlanError as exc:
+        raise PlanError(f"{where}: {exc}") from None
     return plan
 
 

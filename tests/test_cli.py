@@ -65,6 +65,8 @@ TINY = ("--image-size", "8", "--limit-train", "16", "--limit-test", "8", "--batc
         (("--classes", "dog,,cat"), "--classes needs class names separated by commas"),
         (("--classes", "dog,cat,dog"), "--classes names 'dog' twice"),
         (("--preset", ""), "unknown preset ''"),
+        (("--weights", ""), "--weights takes imagenet, none or a file's path, not ''"),
+        (("--weights", "/dev/zero"), "weights file /dev/zero is not a regular file"),
         (("--schedule", "warmup-cosine:"), "the warm-up of 'warmup-cosine:' must be a percent"),
     ],
 )
