@@ -74,7 +74,7 @@ def test_a_schedule_steps_every_batch_and_a_resume_gets_the_same_rates(tmp_path:
 
 def test_schedule_errors_are_one_sentence(capsys) -> None:
     for bad, message in (("cosy", "unknown schedule 'cosy'"), ("cosine:3", "only warmup-cosine takes a number"),
-                         ("warmup-cosine:150", "between 0 and 100")):
+                         ("warmup-cosine:150", "more than 0 and less than 100 percent")):
         code, _, err = cli(capsys, "demo", "--schedule", bad)
         assert code == 1 and message in err and err.count("\n") == 1
 
