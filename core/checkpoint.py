@@ -193,7 +193,6 @@ def read_bytes(path: Path) -> bytes:
 
 def read(path: Path) -> Saved:
     """The checkpoint at ``path``, its digest matched and every field checked."""
-
     return _checked(_unpickle(path, lambda: load_untrusted(io.BytesIO(read_bytes(path)))), path)
 
 
@@ -203,7 +202,6 @@ def read_config(path: Path, where: str | None = None) -> RunConfig:
     (the run loads the weights once, later, and checks them again then). With ``where``
     (what the user named), a run that has finished every stage is refused, as `read` then
     `check_unfinished` would: before a detached child or a launcher's ranks touch it."""
-
     try:
         with Dir.open(path.parent, follow=True) as parent:
             fd = parent.open_file(path.name, os.O_RDONLY)
